@@ -1,0 +1,1 @@
+//! fleet-core integration tests

@@ -1,0 +1,5 @@
+//! The fleet runtime: the node event loop driving every group, durable storage, the QUIC transport,
+//! the meta group and catalog, the reconciler and the leader cache (see DESIGN.md section 5).
+
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,5 @@
+//! `fleet-node`: the fleet daemon.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Durable storage: one redb database per node shared by every group (issue 4).

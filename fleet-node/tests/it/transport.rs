@@ -1,0 +1,1 @@
+//! Transport integration tests.
