@@ -21,7 +21,9 @@ pub enum Error {
         to: ReplicaId,
     },
     /// The leader has too many proposals that are not yet committed.
-    #[error("too many uncommitted proposals ({uncommitted_bytes} bytes pending, limit {limit_bytes}); slow down and retry")]
+    #[error(
+        "too many uncommitted proposals ({uncommitted_bytes} bytes pending, limit {limit_bytes}); slow down and retry"
+    )]
     Busy {
         /// Bytes of uncommitted entries.
         uncommitted_bytes: usize,
@@ -29,7 +31,9 @@ pub enum Error {
         limit_bytes: usize,
     },
     /// The proposal is larger than an entry may be.
-    #[error("entry of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes (`Config::entry_bytes_max`); split the command")]
+    #[error(
+        "entry of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes (`Config::entry_bytes_max`); split the command"
+    )]
     EntryTooLarge {
         /// The entry's size.
         size_bytes: usize,
@@ -68,7 +72,9 @@ pub enum Error {
     #[error("{0} is the last voter of the group and cannot be removed")]
     LastVoter(ReplicaId),
     /// The learner has not caught up, so promoting it would weaken the group.
-    #[error("learner {id} is behind (matched {matched}, leader at {last}); wait until it catches up")]
+    #[error(
+        "learner {id} is behind (matched {matched}, leader at {last}); wait until it catches up"
+    )]
     LearnerBehind {
         /// The learner.
         id: ReplicaId,
@@ -80,6 +86,9 @@ pub enum Error {
     /// Leadership can only go to a voter other than the leader.
     #[error("cannot transfer leadership to {0}: not a voter of the group other than the leader")]
     BadTransferTarget(ReplicaId),
+    /// The replica's settings do not work together.
+    #[error("invalid replica configuration: {0}")]
+    ConfigInvalid(String),
     /// A snapshot or restore was asked for at an index the replica cannot use.
     #[error("snapshot at index {index} is not usable: {reason}")]
     BadSnapshot {

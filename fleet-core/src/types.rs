@@ -119,6 +119,7 @@ impl Entry {
                 Payload::Noop => 0,
                 Payload::Command(c) => c.data.len() + 24,
                 Payload::Membership(_) => 16,
+                Payload::Bootstrap(c) => 16 * (c.voters.len() + c.learners.len()),
             }
     }
 }
@@ -133,6 +134,10 @@ pub enum Payload {
     Command(Command),
     /// A single-server membership change (thesis §4.1).
     Membership(MembershipChange),
+    /// The group's initial configuration, the first entry (index 1, term 1) of every group. Every
+    /// initial member starts with it committed; a member added later learns the configuration by
+    /// replicating it like any entry.
+    Bootstrap(Configuration),
 }
 
 /// A client command as it is stored in the log.

@@ -1,0 +1,309 @@
+//! Exactly-once commands (thesis §6.3): client sessions kept in the replicated state, and the
+//! [`Applier`] that runs a [`StateMachine`] behind them.
+//!
+//! Every command may carry `(client_id, seq, first_unacked)`. The group keeps, per client, the
+//! responses of every applied command at or above `first_unacked`; a retry of one of them gets the
+//! recorded response and is not applied again. Responses below `first_unacked` are forgotten, since
+//! the client said it has them. Sessions expire by log time (the leader-stamped time in entries),
+//! so every replica expires the same sessions at the same entry.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::state_machine::{SnapshotError, StateMachine};
+use crate::types::{Entry, FORMAT_VERSION, Index, LogTime, Payload, SessionRef};
+
+/// Bounds of the session table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Responses kept per client (commands in flight at once, from `first_unacked` on).
+    pub responses_per_client_max: usize,
+    /// Clients with a session. Beyond it the least recently active session is dropped.
+    pub sessions_max: usize,
+    /// A session idle for this much log time (ticks) expires.
+    pub session_timeout_ticks: LogTime,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            responses_per_client_max: 128,
+            sessions_max: 8192,
+            // 30 minutes at the default 10 ms tick.
+            session_timeout_ticks: 180_000,
+        }
+    }
+}
+
+/// Why a command was answered with an error instead of being applied. Deterministic: every replica
+/// gives the same answer for the same entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The client already acknowledged this sequence number, so its response is gone.
+    #[error(
+        "command {seq} of client {client_id} is below its first unacknowledged seq {first_unacked}; it was already answered"
+    )]
+    AlreadyAcknowledged {
+        /// The client.
+        client_id: u64,
+        /// The command's sequence number.
+        seq: u64,
+        /// The client's first unacknowledged sequence number as the group knows it.
+        first_unacked: u64,
+    },
+    /// The client has more commands in flight than the group keeps responses for.
+    #[error(
+        "client {client_id} has more than {limit} commands in flight; wait for responses before sending more"
+    )]
+    TooManyInFlight {
+        /// The client.
+        client_id: u64,
+        /// `SessionConfig::responses_per_client_max`.
+        limit: usize,
+    },
+    /// The client's session expired (or was evicted); whether earlier commands applied is unknown
+    /// to the group. Start a new session with a fresh client id.
+    #[error(
+        "session of client {client_id} expired or was evicted; start a new session with a new client id"
+    )]
+    Expired {
+        /// The client.
+        client_id: u64,
+    },
+    /// The command's bytes do not decode as the state machine's command type.
+    #[error("command does not decode as this group's command type: {0}")]
+    Malformed(String),
+}
+
+/// One client's session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientSession {
+    first_unacked: u64,
+    responses: BTreeMap<u64, Bytes>,
+    last_active: LogTime,
+}
+
+/// The session table, part of the replicated state and of every snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    clients: BTreeMap<u64, ClientSession>,
+}
+
+/// What the session table says about a command.
+enum Check {
+    Apply,
+    Answer(Result<Bytes, SessionError>),
+}
+
+impl Sessions {
+    fn expire(&mut self, now: LogTime, cfg: &SessionConfig) {
+        self.clients
+            .retain(|_, s| now.saturating_sub(s.last_active) < cfg.session_timeout_ticks);
+    }
+
+    fn check(&mut self, r: SessionRef, now: LogTime, cfg: &SessionConfig) -> Check {
+        let session = match self.clients.get_mut(&r.client_id) {
+            Some(s) => s,
+            None => {
+                if r.first_unacked > 1 {
+                    return Check::Answer(Err(SessionError::Expired {
+                        client_id: r.client_id,
+                    }));
+                }
+                if self.clients.len() >= cfg.sessions_max {
+                    self.evict_least_recent();
+                }
+                self.clients.entry(r.client_id).or_default()
+            }
+        };
+        session.last_active = now;
+        if r.first_unacked > session.first_unacked {
+            session.first_unacked = r.first_unacked;
+            session.responses = session.responses.split_off(&r.first_unacked);
+        }
+        if r.seq < session.first_unacked {
+            return Check::Answer(Err(SessionError::AlreadyAcknowledged {
+                client_id: r.client_id,
+                seq: r.seq,
+                first_unacked: session.first_unacked,
+            }));
+        }
+        if let Some(response) = session.responses.get(&r.seq) {
+            return Check::Answer(Ok(response.clone()));
+        }
+        if session.responses.len() >= cfg.responses_per_client_max {
+            return Check::Answer(Err(SessionError::TooManyInFlight {
+                client_id: r.client_id,
+                limit: cfg.responses_per_client_max,
+            }));
+        }
+        Check::Apply
+    }
+
+    fn record(&mut self, r: SessionRef, response: Bytes) {
+        let session = self
+            .clients
+            .get_mut(&r.client_id)
+            .expect("checked session exists");
+        session.responses.insert(r.seq, response);
+    }
+
+    fn evict_least_recent(&mut self) {
+        // Deterministic: the oldest activity, then the smallest client id.
+        let victim = self
+            .clients
+            .iter()
+            .min_by_key(|(id, s)| (s.last_active, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = victim {
+            self.clients.remove(&id);
+        }
+    }
+
+    /// The number of clients with a session.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether no client has a session.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// The result of applying one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry was not a command (no-op, membership, bootstrap).
+    NotACommand,
+    /// A command's encoded output, or why it was not applied. `duplicate` says the response came
+    /// from the session table rather than from applying the command now.
+    Command {
+        /// The encoded `StateMachine::Output`, or the session's verdict.
+        result: Result<Bytes, SessionError>,
+        /// The response was recorded earlier; the command was not applied again.
+        duplicate: bool,
+    },
+}
+
+/// The versioned snapshot layout of an [`Applier`].
+#[derive(Serialize, Deserialize)]
+struct AppliedSnapshot {
+    version: u16,
+    applied: Index,
+    sessions: Sessions,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+}
+
+/// A state machine behind the session table: applies committed entries exactly once.
+pub struct Applier<S: StateMachine> {
+    state: S,
+    sessions: Sessions,
+    applied: Index,
+    cfg: SessionConfig,
+}
+
+impl<S: StateMachine> Applier<S> {
+    /// An empty state.
+    pub fn new(cfg: SessionConfig) -> Self {
+        Applier {
+            state: S::new(),
+            sessions: Sessions::default(),
+            applied: 0,
+            cfg,
+        }
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    /// The user's state machine.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The session table.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Applies the next committed entry.
+    pub fn apply(&mut self, entry: &Entry) -> Applied {
+        assert_eq!(
+            entry.index,
+            self.applied + 1,
+            "entries must be applied in order (applied {}, got {})",
+            self.applied,
+            entry.index
+        );
+        self.applied = entry.index;
+        self.sessions.expire(entry.time, &self.cfg);
+        let Payload::Command(command) = &entry.payload else {
+            return Applied::NotACommand;
+        };
+        if let Some(r) = command.session
+            && let Check::Answer(result) = self.sessions.check(r, entry.time, &self.cfg)
+        {
+            return Applied::Command {
+                result,
+                duplicate: true,
+            };
+        }
+        let result = match postcard::from_bytes::<S::Command>(&command.data) {
+            Ok(cmd) => {
+                let output = self.state.command(cmd);
+                Ok(Bytes::from(
+                    postcard::to_stdvec(&output).expect("outputs encode"),
+                ))
+            }
+            Err(e) => Err(SessionError::Malformed(e.to_string())),
+        };
+        if let (Some(r), Ok(bytes)) = (command.session, &result) {
+            self.sessions.record(r, bytes.clone());
+        }
+        Applied::Command {
+            result,
+            duplicate: false,
+        }
+    }
+
+    /// Answers a query against the applied state.
+    pub fn query(&self, q: &S::Query) -> S::Output {
+        self.state.query(q)
+    }
+
+    /// The whole replicated state, sessions included, for a snapshot at [`Applier::applied`].
+    pub fn snapshot(&self) -> Bytes {
+        let snap = AppliedSnapshot {
+            version: FORMAT_VERSION,
+            applied: self.applied,
+            sessions: self.sessions.clone(),
+            state: self.state.snapshot(),
+        };
+        Bytes::from(postcard::to_stdvec(&snap).expect("snapshots encode"))
+    }
+
+    /// Rebuilds the state from [`Applier::snapshot`]'s bytes.
+    pub fn restore(bytes: &[u8], cfg: SessionConfig) -> Result<Self, SnapshotError> {
+        let snap: AppliedSnapshot = postcard::from_bytes(bytes)
+            .map_err(|e| SnapshotError(format!("undecodable snapshot: {e}")))?;
+        if snap.version != FORMAT_VERSION {
+            return Err(SnapshotError(format!(
+                "snapshot format version {} is not {FORMAT_VERSION}; upgrade this node",
+                snap.version
+            )));
+        }
+        Ok(Applier {
+            state: S::restore(&snap.state)?,
+            sessions: snap.sessions,
+            applied: snap.applied,
+            cfg,
+        })
+    }
+}
