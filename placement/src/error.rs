@@ -44,7 +44,9 @@ pub enum Error {
     },
 
     /// More nodes than [`NODES_MAX`](crate::NODES_MAX) were given.
-    #[error("{count} nodes given, above the maximum of {max}: remove nodes marked gone from the catalog")]
+    #[error(
+        "{count} nodes given, above the maximum of {max}: remove nodes marked gone from the catalog"
+    )]
     TooManyNodes {
         /// How many nodes were given.
         count: usize,
@@ -131,6 +133,19 @@ pub enum Error {
     /// The desired members given to [`plan`](crate::plan) are empty.
     #[error("the desired membership is empty: pass the members that `place` returned")]
     DesiredEmpty,
+
+    /// The desired members given to [`plan`](crate::plan) are more than
+    /// [`GROUP_SIZE_MAX`](crate::GROUP_SIZE_MAX).
+    #[error(
+        "the desired membership has {size} members, above the maximum of {max}: pass the members \
+         that `place` returned"
+    )]
+    DesiredTooLarge {
+        /// How many desired members were given.
+        size: usize,
+        /// [`GROUP_SIZE_MAX`](crate::GROUP_SIZE_MAX).
+        max: usize,
+    },
 
     /// A membership has more members than [`MEMBERS_MAX`](crate::MEMBERS_MAX).
     #[error(

@@ -136,7 +136,12 @@ mod tests {
     #[test]
     fn long_names_are_reported_cut() {
         let name = "é".repeat(NODE_NAME_BYTES_MAX);
-        let Err(Error::NodeNameTooLong { name: cut, bytes, max }) = validate_name(&name) else {
+        let Err(Error::NodeNameTooLong {
+            name: cut,
+            bytes,
+            max,
+        }) = validate_name(&name)
+        else {
             panic!("a name of {} bytes was accepted", name.len());
         };
         assert!(cut.len() <= NODE_NAME_BYTES_MAX);

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::hash::GroupHasher;
+use crate::hash::{GroupHasher, encode_name};
 use crate::node::validate_nodes;
 use crate::{ClusterKey, Error, GROUP_SIZE_MAX, GroupId, NODES_MAX, Node, Placements};
 
@@ -36,6 +36,8 @@ pub struct Topology {
 #[derive(Debug, Clone)]
 struct ActiveNode {
     name: String,
+    /// The name as hashed (see `node_hash`), encoded once here rather than once per group.
+    encoded_name: Vec<u8>,
     zone: usize,
 }
 
@@ -73,6 +75,7 @@ impl Topology {
             .filter(|node| node.is_active())
             .map(|node| ActiveNode {
                 name: node.name.clone(),
+                encoded_name: encode_name(&node.name),
                 zone: zone_names
                     .binary_search(&node.zone.as_str())
                     .expect("every active zone was collected"),
@@ -139,7 +142,7 @@ impl Topology {
         let best = self.best_per_zone(group, count);
         let mut ranked: Vec<Ranked> = best
             .chunks(count)
-            .flat_map(|zone| zone.iter().flatten().enumerate())
+            .flat_map(|zone| zone.iter().take_while(|slot| !slot.is_empty()).enumerate())
             .map(|(rank, &candidate)| Ranked { rank, candidate })
             .collect();
         ranked.sort_unstable();
@@ -157,12 +160,12 @@ impl Topology {
     ///
     /// Returns `zones × count` slots, zone after zone; a zone with fewer than `count` nodes leaves
     /// its last slots empty.
-    fn best_per_zone(&self, group: GroupId, count: usize) -> Vec<Option<Candidate>> {
+    fn best_per_zone(&self, group: GroupId, count: usize) -> Vec<Candidate> {
         let hasher = GroupHasher::new(self.key, group);
-        let mut best = vec![None; self.zones.len() * count];
+        let mut best = vec![Candidate::EMPTY; self.zones.len() * count];
         for (index, node) in self.active.iter().enumerate() {
             let candidate = Candidate {
-                hash: hasher.score(&node.name),
+                hash: hasher.score_encoded(&node.encoded_name),
                 index: u32::try_from(index).expect("bounded by NODES_MAX"),
             };
             let zone = &mut best[node.zone * count..(node.zone + 1) * count];
@@ -172,25 +175,34 @@ impl Topology {
     }
 }
 
-/// Inserts `candidate` into `slots`, kept sorted with its empty slots last, if it is better than
-/// the worst one kept (or a slot is empty).
-fn insert_bounded(slots: &mut [Option<Candidate>], candidate: Candidate) {
+impl Candidate {
+    /// An empty slot: it sorts after every real candidate, whose index is below `NODES_MAX`.
+    const EMPTY: Candidate = Candidate {
+        hash: u64::MAX,
+        index: u32::MAX,
+    };
+
+    fn is_empty(&self) -> bool {
+        *self == Candidate::EMPTY
+    }
+}
+
+/// Inserts `candidate` into `slots`, kept sorted (empty slots last), if it is better than the
+/// worst one kept (an empty slot is worse than any candidate).
+fn insert_bounded(slots: &mut [Candidate], candidate: Candidate) {
+    assert!(!candidate.is_empty());
     let last = slots.len() - 1;
-    if slots[last].is_some_and(|worst| worst <= candidate) {
+    if slots[last] <= candidate {
         return;
     }
     // Slide worse candidates one slot right (dropping the last) until the candidate's slot.
     let mut position = last;
-    while position > 0 && slots[position - 1].is_none_or(|previous| previous > candidate) {
+    while position > 0 && slots[position - 1] > candidate {
         slots[position] = slots[position - 1];
         position -= 1;
     }
-    slots[position] = Some(candidate);
-    debug_assert!(slots.is_sorted_by(|a, b| match (a, b) {
-        (Some(a), Some(b)) => a < b,
-        (Some(_), None) | (None, None) => true,
-        (None, Some(_)) => false,
-    }));
+    slots[position] = candidate;
+    debug_assert!(slots.is_sorted());
 }
 
 /// Rejects sizes that no group may have.
@@ -238,13 +250,13 @@ mod tests {
     use super::*;
     use crate::NodeState;
 
-    fn candidate(hash: u64, index: u32) -> Option<Candidate> {
-        Some(Candidate { hash, index })
+    fn candidate(hash: u64, index: u32) -> Candidate {
+        Candidate { hash, index }
     }
 
     #[test]
     fn insert_bounded_keeps_the_best_in_order() {
-        let mut slots = vec![None; 3];
+        let mut slots = vec![Candidate::EMPTY; 3];
         for (hash, index) in [(50, 0), (10, 1), (70, 2), (30, 3), (10, 0), (90, 4)] {
             insert_bounded(&mut slots, Candidate { hash, index });
         }
@@ -266,14 +278,18 @@ mod tests {
             ["n0", "n2", "n3", "n5"]
         );
         let members = topology.place(GroupId(9), 9).unwrap();
-        assert_eq!(members.len(), 4, "size above the active nodes takes them all");
+        assert_eq!(
+            members.len(),
+            4,
+            "size above the active nodes takes them all"
+        );
     }
 
     /// The optimized selection against the algorithm written out literally: all nodes ranked,
     /// all sorted, first `size` taken.
     #[test]
     fn matches_the_literal_algorithm() {
-        let key = ClusterKey::from_bytes(*b"literal algorithm");
+        let key = ClusterKey::from_bytes(*b"literal  recipe!");
         let zones = ["a", "b", "c", "d"];
         let nodes: Vec<Node> = (0..23)
             .map(|i| Node::active(format!("n{i}"), zones[(i * 7 % 11) % zones.len()]))
@@ -296,9 +312,16 @@ mod tests {
         let mut all = Vec::new();
         for mut zone in by_zone.into_values() {
             zone.sort();
-            all.extend(zone.into_iter().enumerate().map(|(rank, (h, name))| (rank, h, name)));
+            all.extend(
+                zone.into_iter()
+                    .enumerate()
+                    .map(|(rank, (h, name))| (rank, h, name)),
+            );
         }
         all.sort();
-        all.into_iter().take(size).map(|(_, _, name)| name.to_owned()).collect()
+        all.into_iter()
+            .take(size)
+            .map(|(_, _, name)| name.to_owned())
+            .collect()
     }
 }
