@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::Index;
+use crate::types::{Index, ReplicaId};
 
 /// How the leader is currently sending to a follower.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -143,5 +143,84 @@ impl Progress {
     /// Entries in flight.
     pub fn inflight_count(&self) -> usize {
         self.inflight.len()
+    }
+}
+
+/// The leader's progress of every other member, kept sorted by id in one small vector: groups have
+/// a handful of members, so a linear scan beats a tree, and an idle leader pays for exactly its
+/// members (a `BTreeMap` node would reserve room for eleven).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProgressMap {
+    members: Vec<(ReplicaId, Progress)>,
+}
+
+impl ProgressMap {
+    fn position(&self, id: &ReplicaId) -> Result<usize, usize> {
+        self.members.binary_search_by(|(m, _)| m.cmp(id))
+    }
+
+    pub fn get(&self, id: &ReplicaId) -> Option<&Progress> {
+        self.position(id).ok().map(|i| &self.members[i].1)
+    }
+
+    pub fn get_mut(&mut self, id: &ReplicaId) -> Option<&mut Progress> {
+        self.position(id).ok().map(|i| &mut self.members[i].1)
+    }
+
+    pub fn contains_key(&self, id: &ReplicaId) -> bool {
+        self.position(id).is_ok()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ReplicaId> {
+        self.members.iter().map(|(id, _)| id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Progress> {
+        self.members.iter().map(|(_, p)| p)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Progress> {
+        self.members.iter_mut().map(|(_, p)| p)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ReplicaId, &Progress)> {
+        self.members.iter().map(|(id, p)| (id, p))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ReplicaId, &mut Progress)> {
+        self.members.iter_mut().map(|(id, p)| (&*id, p))
+    }
+
+    pub fn clear(&mut self) {
+        self.members = Vec::new();
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&ReplicaId, &Progress) -> bool) {
+        self.members.retain(|(id, p)| keep(id, p));
+    }
+
+    /// Inserts a member's progress unless it is already tracked.
+    pub fn insert_with(&mut self, id: ReplicaId, make: impl FnOnce() -> Progress) {
+        if let Err(i) = self.position(&id) {
+            self.members.insert(i, (id, make()));
+        }
+    }
+}
+
+impl FromIterator<(ReplicaId, Progress)> for ProgressMap {
+    fn from_iter<I: IntoIterator<Item = (ReplicaId, Progress)>>(iter: I) -> Self {
+        let mut members: Vec<(ReplicaId, Progress)> = iter.into_iter().collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members.dedup_by(|a, b| a.0 == b.0);
+        members.shrink_to_fit();
+        ProgressMap { members }
+    }
+}
+
+impl std::ops::Index<&ReplicaId> for ProgressMap {
+    type Output = Progress;
+    fn index(&self, id: &ReplicaId) -> &Progress {
+        self.get(id)
+            .unwrap_or_else(|| panic!("no progress for {id}"))
     }
 }

@@ -15,12 +15,15 @@ use crate::Error;
 use crate::config::Config;
 use crate::log::RaftLog;
 use crate::message::{Body, Message};
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{Progress, ProgressMap, ProgressState};
 use crate::ready::{ReadState, Ready, Role, SoftState};
 use crate::types::{
     Command, Configuration, Entry, HardState, Index, LogTime, MembershipChange, Payload, ReplicaId,
     Snapshot, SnapshotMeta, Term,
 };
+
+/// Read rounds whose start tick is remembered for the lease; older confirmations extend nothing.
+const ROUNDS_REMEMBERED: usize = 4;
 
 /// The durable state a replica is rebuilt from after a restart (or created with).
 #[derive(Clone, Debug, Default)]
@@ -128,7 +131,7 @@ pub struct Replica {
     conf_index: Index,
 
     // Leader state.
-    progress: BTreeMap<ReplicaId, Progress>,
+    progress: ProgressMap,
     /// The index of this leader's no-op; reads and membership changes wait until it commits.
     term_start_index: Index,
     /// The index of the latest membership change this leader appended.
@@ -146,7 +149,8 @@ pub struct Replica {
     read_round: u64,
     read_round_in_flight: bool,
     /// Ticks at which recent rounds were started, for the lease.
-    round_started_tick: VecDeque<(u64, u64)>,
+    /// The tick at which each of the last rounds started, indexed by round modulo the length.
+    round_started_tick: [(u64, u64); ROUNDS_REMEMBERED],
     lease_until_tick: u64,
     pending_reads: VecDeque<PendingRead>,
     read_states: Vec<ReadState>,
@@ -208,7 +212,7 @@ impl Replica {
             log,
             conf,
             conf_index,
-            progress: BTreeMap::new(),
+            progress: ProgressMap::default(),
             term_start_index: 0,
             pending_conf_index: 0,
             uncommitted_bytes: 0,
@@ -219,7 +223,7 @@ impl Replica {
             commit_advanced: false,
             read_round: 0,
             read_round_in_flight: false,
-            round_started_tick: VecDeque::new(),
+            round_started_tick: [(0, 0); ROUNDS_REMEMBERED],
             lease_until_tick: 0,
             pending_reads: VecDeque::new(),
             read_states: Vec::new(),
@@ -403,7 +407,15 @@ impl Replica {
             debug!(term = self.term, "group idle and caught up; quiescing");
             self.broadcast_heartbeat(true);
             self.quiesced = true;
+            self.release_buffers();
         }
+    }
+
+    /// An idle group gives back the memory its queues grew to while busy.
+    fn release_buffers(&mut self) {
+        self.pending_reads.shrink_to_fit();
+        self.unpersisted.shrink_to_fit();
+        self.log.entries.shrink_to_fit();
     }
 
     /// Starts an election now, if this replica may (etcd's `Campaign`).
@@ -968,6 +980,7 @@ impl Replica {
         info!(term = self.term, "became leader");
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.votes.clear();
         let last = self.log.last_index();
         let id = self.id;
         self.progress = self
@@ -1178,6 +1191,9 @@ impl Replica {
         // The leader caps `commit` at what it knows we hold, so it is safe to commit to.
         self.log.commit_to(commit.min(self.log.last_index()));
         self.quiesced = quiesce && self.log.committed == self.log.last_index();
+        if self.quiesced {
+            self.release_buffers();
+        }
         self.send(from, Body::HeartbeatResponse { read_round });
     }
 
@@ -1268,11 +1284,7 @@ impl Replica {
             }
         }
         self.read_round_in_flight = self.pending_reads.iter().any(|r| r.round == round);
-        self.round_started_tick.push_back((round, self.ticks));
-        const ROUNDS_REMEMBERED_MAX: usize = 8;
-        while self.round_started_tick.len() > ROUNDS_REMEMBERED_MAX {
-            self.round_started_tick.pop_front();
-        }
+        self.round_started_tick[round as usize % ROUNDS_REMEMBERED] = (round, self.ticks);
         let peers: Vec<ReplicaId> = self.progress.keys().copied().collect();
         for peer in peers {
             let pr = &self.progress[&peer];
@@ -1310,11 +1322,8 @@ impl Replica {
         }
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = acked[self.conf.quorum() - 1];
-        if let Some(&(_, tick)) = self
-            .round_started_tick
-            .iter()
-            .find(|(r, _)| *r == confirmed)
-        {
+        let (round, tick) = self.round_started_tick[confirmed as usize % ROUNDS_REMEMBERED];
+        if round == confirmed && confirmed > 0 {
             // Followers ignore votes for an election timeout after hearing from us; keep a margin
             // of a fifth for clock drift.
             let lease_ticks = u64::from(self.cfg.election_timeout_ticks) * 4 / 5;
@@ -1602,7 +1611,7 @@ impl Replica {
             let id = self.id;
             self.progress.retain(|m, _| conf.contains(*m));
             for m in conf.members().filter(|m| *m != id) {
-                self.progress.entry(m).or_insert_with(|| {
+                self.progress.insert_with(m, || {
                     let mut pr = Progress::new(last);
                     pr.recent_active = true;
                     pr

@@ -40,6 +40,22 @@ pub struct SimOptions {
     pub delay_ms_max: u64,
     /// Chance per mille, each 100 ms, that a node crashes.
     pub crash_per_mille: u32,
+    /// Chance per mille, for each write a node starts, that it crashes before the write is
+    /// durable (a crash in the middle of an fsync).
+    pub crash_in_write_per_mille: u32,
+    /// Chance per mille that a newly elected leader's node crashes within 40 ms.
+    pub crash_new_leader_per_mille: u32,
+    /// Chance per mille that a newly elected leader's node is cut off from everyone for a while
+    /// (it keeps taking proposals it cannot commit).
+    pub isolate_new_leader_per_mille: u32,
+    /// A crashed node restarts within this many ms (while faults are on).
+    pub restart_ms_max: u64,
+    /// The most a write takes to become durable, in ms.
+    pub disk_delay_ms_max: u64,
+    /// Replicas ask for pre-votes.
+    pub pre_vote: bool,
+    /// Entries per append message (small values pipeline old-term entries one by one).
+    pub append_entries_max: usize,
     /// Chance per mille, each 100 ms, that the partition changes.
     pub partition_per_mille: u32,
     /// Clients per group.
@@ -80,6 +96,13 @@ impl SimOptions {
             duplicate_per_mille: rng.next_u32() % 50,
             delay_ms_max: 1 + u64::from(rng.next_u32() % 20),
             crash_per_mille: 20 + rng.next_u32() % 60,
+            crash_in_write_per_mille: rng.next_u32() % 8,
+            crash_new_leader_per_mille: rng.next_u32() % 300,
+            isolate_new_leader_per_mille: rng.next_u32() % 300,
+            restart_ms_max: 20 + u64::from(rng.next_u32() % 400),
+            disk_delay_ms_max: 1 + u64::from(rng.next_u32() % 15),
+            pre_vote: rng.next_u32() % 4 != 0,
+            append_entries_max: 1 + (rng.next_u32() % 8) as usize,
             partition_per_mille: 30 + rng.next_u32() % 100,
             clients_per_group: 2,
             membership: nodes > group_size,
@@ -296,6 +319,9 @@ pub(crate) struct Host {
 
 pub(crate) struct Node {
     pub up: bool,
+    restart_at: u64,
+    /// A crash scheduled at this ms (while faults are on).
+    crash_at: Option<u64>,
     tick_period_ms: u64,
     next_tick_at: u64,
     pub hosts: BTreeMap<GroupId, Host>,
@@ -332,6 +358,8 @@ pub(crate) struct World {
     messages: BTreeMap<usize, (usize, GroupId, Message)>,
     message_seq: usize,
     blocked: BTreeSet<(usize, usize)>,
+    /// Nodes cut off from everyone until the given ms.
+    isolated_until: BTreeMap<usize, u64>,
     clients: Vec<Client>,
     /// Acknowledged markers per (group, key), in acknowledgement order.
     acked: BTreeMap<(GroupId, String), Vec<(u64, u64)>>,
@@ -351,6 +379,8 @@ impl World {
         let mut nodes: Vec<Node> = (0..opts.nodes)
             .map(|_| Node {
                 up: true,
+                restart_at: 0,
+                crash_at: None,
                 // Tick-rate skew: 8 to 12 ms per tick.
                 tick_period_ms: 8 + u64::from(rng.next_u32() % 5),
                 next_tick_at: 1 + u64::from(rng.next_u32() % 10),
@@ -373,6 +403,7 @@ impl World {
             messages: BTreeMap::new(),
             message_seq: 0,
             blocked: BTreeSet::new(),
+            isolated_until: BTreeMap::new(),
             clients: Vec::new(),
             acked: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -418,7 +449,8 @@ impl World {
         cfg.quiesce_after_ticks = if self.opts.quiesce { 6 } else { 0 };
         cfg.lease_reads = self.opts.lease_reads;
         cfg.inflight_messages_max = 4;
-        cfg.append_entries_max = 8;
+        cfg.append_entries_max = self.opts.append_entries_max;
+        cfg.pre_vote = self.opts.pre_vote;
         cfg.snapshot_chunk_bytes_max = 64;
         cfg.transfer_timeout_ticks = 10;
         cfg.learner_catchup_lag_max = 4;
@@ -470,6 +502,9 @@ impl World {
             if self.faults_on && self.now >= self.opts.fault_ms {
                 self.heal();
             }
+            if self.faults_on {
+                self.crash_and_restart();
+            }
             if self.faults_on && self.now % 100 == 0 {
                 self.inject_faults();
             }
@@ -504,16 +539,34 @@ impl World {
     // -------------------------------------------------------------------------------------
     // Faults.
 
+    /// Crashes scheduled in the middle of a write, and restarts that are due.
+    fn crash_and_restart(&mut self) {
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].crash_at.is_some_and(|at| at <= self.now) {
+                self.nodes[n].crash_at = None;
+                if self.nodes[n].up {
+                    self.crash(n);
+                }
+            } else if !self.nodes[n].up && self.now >= self.nodes[n].restart_at {
+                self.restart(n);
+            }
+        }
+    }
+
+    fn may_crash(&self) -> bool {
+        let down = self
+            .nodes
+            .iter()
+            .filter(|n| !n.up || n.crash_at.is_some())
+            .count();
+        down < self.nodes.len() / 2
+    }
+
     fn inject_faults(&mut self) {
         for n in 0..self.nodes.len() {
             let per_mille = self.opts.crash_per_mille;
-            if self.nodes[n].up {
-                let down = self.nodes.iter().filter(|n| !n.up).count();
-                if down < self.nodes.len() / 2 && self.chance(per_mille) {
-                    self.crash(n);
-                }
-            } else if self.chance(300) {
-                self.restart(n);
+            if self.nodes[n].up && self.may_crash() && self.chance(per_mille) {
+                self.crash(n);
             }
         }
         let per_mille = self.opts.partition_per_mille;
@@ -567,6 +620,7 @@ impl World {
     fn heal(&mut self) {
         self.faults_on = false;
         self.blocked.clear();
+        self.isolated_until.clear();
         self.trace(format_args!("faults stop; healing"));
         for n in 0..self.nodes.len() {
             if !self.nodes[n].up {
@@ -607,6 +661,7 @@ impl World {
             host.reads.clear();
         }
         self.nodes[n].up = false;
+        self.nodes[n].restart_at = self.now + 1 + self.below(self.opts.restart_ms_max);
         self.trace(format_args!("crash node {n} (kept writes {torn:?})"));
         invariants::monotonic::on_crash(self, n);
     }
@@ -652,7 +707,7 @@ impl World {
                     match replica.leader() {
                         Some(l) if replica.is_quiesced() && replica.role() != Role::Leader => {
                             let ln = l.node.0 as usize;
-                            !self.nodes[ln].up || self.blocked.contains(&(ln, n))
+                            !self.nodes[ln].up || self.cut(ln, n)
                         }
                         _ => false,
                     }
@@ -672,7 +727,14 @@ impl World {
         }
     }
 
-    fn send(&mut self, from_node: usize, group: GroupId, msg: Message) {
+    fn send(&mut self, from_node: usize, group: GroupId, msg: Message) -> Result<(), String> {
+        let host = &self.nodes[from_node].hosts[&group];
+        invariants::persist_before_speak::check(host, group, &msg)?;
+        self.send_unchecked(from_node, group, msg);
+        Ok(())
+    }
+
+    fn send_unchecked(&mut self, from_node: usize, group: GroupId, msg: Message) {
         let to = msg.to.node.0 as usize;
         if self.faults_on && self.chance(self.opts.drop_per_mille) {
             return;
@@ -697,6 +759,16 @@ impl World {
         }
     }
 
+    /// Whether messages from `from` to `to` are lost to a partition.
+    fn cut(&self, from: usize, to: usize) -> bool {
+        let isolated = |n: usize| {
+            self.isolated_until
+                .get(&n)
+                .is_some_and(|until| self.now < *until)
+        };
+        self.blocked.contains(&(from, to)) || isolated(from) || isolated(to)
+    }
+
     fn deliver_messages(&mut self) {
         while let Some(Reverse((InFlight { at, seq }, to))) = self.network.peek() {
             if *at > self.now {
@@ -705,7 +777,7 @@ impl World {
             let (to, seq) = (*to, *seq as usize);
             self.network.pop();
             let (from, group, msg) = self.messages.remove(&seq).expect("message");
-            if !self.nodes[to].up || self.blocked.contains(&(from, to)) {
+            if !self.nodes[to].up || self.cut(from, to) {
                 continue;
             }
             let Some(host) = self.nodes[to].hosts.get_mut(&group) else {
@@ -744,7 +816,7 @@ impl World {
     }
 
     fn drive(&mut self, n: usize, g: GroupId) -> Result<(), String> {
-        let disk_delay = 1 + self.below(3);
+        let disk_delay = 1 + self.below(self.opts.disk_delay_ms_max);
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");
         let replica = host.replica.as_mut().expect("up");
         if !replica.has_ready() {
@@ -758,6 +830,19 @@ impl World {
             self.report.elections += 1;
             let line = format!("{} leads {g} in term {}", replica.id(), ss.term);
             self.trace(format_args!("{line}"));
+            // Leaders that die young make the log histories of thesis Figure 3.7 likely.
+            if self.faults_on && self.chance(self.opts.isolate_new_leader_per_mille) {
+                let until = self.now + 1 + self.below(20) + self.below(500);
+                self.isolated_until.insert(n, until);
+                self.trace(format_args!("isolate node {n} until {until}ms"));
+            }
+            if self.faults_on
+                && self.may_crash()
+                && self.chance(self.opts.crash_new_leader_per_mille)
+            {
+                let at = self.now + 1 + self.below(40);
+                self.nodes[n].crash_at = Some(at);
+            }
         }
         let must_persist = rd.must_persist();
         let job = Job {
@@ -781,8 +866,16 @@ impl World {
             .expect("host")
             .jobs
             .push_back(job);
+        if must_persist
+            && self.faults_on
+            && self.may_crash()
+            && self.chance(self.opts.crash_in_write_per_mille)
+        {
+            // Crash before this write is durable (the job completes no earlier than next ms).
+            self.nodes[n].crash_at = Some(self.now + 1);
+        }
         for msg in rd.messages {
-            self.send(n, g, msg);
+            self.send(n, g, msg)?;
         }
         Ok(())
     }
@@ -815,7 +908,7 @@ impl World {
         }
         invariants::monotonic::on_durable(self, n, g)?;
         for msg in job.after.iter().cloned() {
-            self.send(n, g, msg);
+            self.send(n, g, msg)?;
         }
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");
         let replica = host.replica.as_mut().expect("up");

@@ -18,6 +18,7 @@ pub mod leader_completeness;
 pub mod log_matching;
 pub mod monotonic;
 pub mod no_duplicate_apply;
+pub mod persist_before_speak;
 pub mod read_safety;
 pub mod state_machine_safety;
 
