@@ -45,8 +45,9 @@ pub struct Progress {
     pub read_round_acked: u64,
     /// Ticks since the last snapshot chunk was sent (to resend a lost one).
     pub snapshot_idle_ticks: u32,
-    /// `match_index` when the previous heartbeat answer came, to notice lost appends.
-    pub(crate) match_at_heartbeat: Index,
+    /// The leader's tick when this member last made progress (or when appends started flowing
+    /// to it), to notice appends that were lost.
+    pub(crate) progress_tick: u64,
 }
 
 impl Progress {
@@ -62,7 +63,7 @@ impl Progress {
             commit_sent: 0,
             read_round_acked: 0,
             snapshot_idle_ticks: 0,
-            match_at_heartbeat: 0,
+            progress_tick: 0,
         }
     }
 
@@ -210,7 +211,7 @@ impl ProgressMap {
 impl FromIterator<(ReplicaId, Progress)> for ProgressMap {
     fn from_iter<I: IntoIterator<Item = (ReplicaId, Progress)>>(iter: I) -> Self {
         let mut members: Vec<(ReplicaId, Progress)> = iter.into_iter().collect();
-        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members.sort_by_key(|a| a.0);
         members.dedup_by(|a, b| a.0 == b.0);
         members.shrink_to_fit();
         ProgressMap { members }

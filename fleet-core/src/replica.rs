@@ -565,7 +565,9 @@ impl Replica {
         if self.progress[&to].match_index == last {
             self.send(to, Body::TimeoutNow);
         } else {
-            self.send_append(to, false);
+            // An empty append if nothing new is due: the target answers at once, and a rejection
+            // starts the repair without waiting for a heartbeat.
+            self.send_append(to, true);
         }
         Ok(())
     }
@@ -824,12 +826,10 @@ impl Replica {
                 self.heard_from_leader(m.from);
                 self.handle_snapshot(m.from, meta, offset, total_bytes, data);
             }
-            Body::TimeoutNow => {
-                if self.is_promotable() {
-                    info!(term = self.term, from = %m.from, "leadership transferred to us; campaigning now");
-                    self.quiesced = false;
-                    self.become_candidate(true);
-                }
+            Body::TimeoutNow if self.is_promotable() => {
+                info!(term = self.term, from = %m.from, "leadership transferred to us; campaigning now");
+                self.quiesced = false;
+                self.become_candidate(true);
             }
             _ => {}
         }
@@ -1052,7 +1052,11 @@ impl Replica {
             let bytes: usize = entries.iter().map(Entry::size_bytes).sum();
             let sent_last = prev_index + count as u64;
             let commit = self.log.committed;
+            let ticks = self.ticks;
             let pr = self.progress.get_mut(&to).expect("member");
+            if pr.inflight_count() == 0 {
+                pr.progress_tick = ticks;
+            }
             pr.sent(sent_last, bytes, count);
             pr.commit_sent = pr.commit_sent.max(commit.min(sent_last));
             self.send(
@@ -1165,6 +1169,9 @@ impl Replica {
             return;
         }
         let moved = pr.acked(index);
+        if moved {
+            pr.progress_tick = self.ticks;
+        }
         let become_replicate = match pr.state {
             ProgressState::Probe => true,
             ProgressState::Snapshot { index: snap, .. } => pr.match_index >= snap,
@@ -1203,17 +1210,19 @@ impl Replica {
         pr.recent_active = true;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         pr.probe_sent = false;
+        let stalled_ticks = 2 * u64::from(self.cfg.heartbeat_interval_ticks);
         if pr.state == ProgressState::Replicate
             && pr.match_index < last
             && pr.inflight_count() > 0
-            && pr.match_index == pr.match_at_heartbeat
+            && self.ticks >= pr.progress_tick + stalled_ticks
         {
-            // No append was acknowledged for a whole heartbeat interval while some are in
-            // flight: they were probably lost. Probe from what the follower holds.
+            // Appends have been in flight for two heartbeat intervals without any being
+            // acknowledged, while the follower answers heartbeats: they were lost. Probe from
+            // what it holds. (Heartbeat answers overtake append acknowledgements, which wait for
+            // the follower's fsync, so one silent answer alone proves nothing.)
             pr.become_probe();
             pr.next_index = pr.match_index + 1;
         }
-        pr.match_at_heartbeat = pr.match_index;
         if pr.match_index < last {
             self.send_append(from, false);
         }
@@ -1267,6 +1276,17 @@ impl Replica {
         if !self.conf.contains(self.id) && index >= self.conf_index {
             // §4.2.2: a leader removed from the configuration steps down once the change commits.
             info!(term = self.term, "removed from the group; stepping down");
+            // Hand over at once to the most caught-up voter, instead of leaving the group to wait
+            // out the followers' leases (§3.10 used for §4.2.2).
+            let successor = self
+                .conf
+                .voters
+                .iter()
+                .filter_map(|v| self.progress.get(v).map(|p| (p.match_index, *v)))
+                .max();
+            if let Some((_, to)) = successor {
+                self.send(to, Body::TimeoutNow);
+            }
             self.become_follower(self.term, None);
         }
     }

@@ -78,7 +78,7 @@ pub struct SimOptions {
 impl SimOptions {
     /// A shape drawn from the seed: 3 or 5 nodes, one to three groups, every fault on.
     pub fn for_seed(seed: u64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_F1EE7);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x05EE_D0FF_1EE7);
         let five = rng.next_u32() % 2 == 0;
         let nodes = if five { 5 } else { 3 };
         let group_size = if five && rng.next_u32() % 2 == 0 {
@@ -505,13 +505,13 @@ impl World {
             if self.faults_on {
                 self.crash_and_restart();
             }
-            if self.faults_on && self.now % 100 == 0 {
+            if self.faults_on && self.now.is_multiple_of(100) {
                 self.inject_faults();
             }
             self.tick_nodes();
             self.deliver_messages();
             self.run_clients();
-            if self.now % 50 == 0 {
+            if self.now.is_multiple_of(50) {
                 self.run_operator();
             }
             self.drive_all()?;
@@ -520,7 +520,7 @@ impl World {
             invariants::check_step(self)?;
             if !self.faults_on
                 && self.now > self.opts.fault_ms + 1000
-                && self.now % 100 == 0
+                && self.now.is_multiple_of(100)
                 && self.recovered()
             {
                 self.trace(format_args!(
@@ -588,7 +588,7 @@ impl World {
                 2 => {
                     // One-way: a node can send but not receive, or the other way round.
                     let n = self.below(self.nodes.len() as u64) as usize;
-                    let inbound = self.rng.next_u32() % 2 == 0;
+                    let inbound = self.rng.next_u32().is_multiple_of(2);
                     for m in 0..self.nodes.len() {
                         if m != n {
                             self.blocked.insert(if inbound { (m, n) } else { (n, m) });
@@ -602,7 +602,7 @@ impl World {
                 _ => {
                     // Split into two sides.
                     let side: Vec<bool> = (0..self.nodes.len())
-                        .map(|_| self.rng.next_u32() % 2 == 0)
+                        .map(|_| self.rng.next_u32().is_multiple_of(2))
                         .collect();
                     for a in 0..self.nodes.len() {
                         for b in 0..self.nodes.len() {

@@ -7,10 +7,6 @@ use fleet_core::sim::{SimOptions, run};
 /// Seeds tried per variant before giving up.
 const SEEDS_MAX: u64 = 400;
 
-fn first_failing_seed(broken: Broken) -> Option<(u64, String)> {
-    first_failing_seed_with(broken, |_| {})
-}
-
 fn first_failing_seed_with(
     broken: Broken,
     shape: impl Fn(&mut SimOptions),
