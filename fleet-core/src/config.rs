@@ -127,3 +127,34 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_settings_are_named() {
+        let id = ReplicaId::new(1, 0);
+        Config::new(id).validate().unwrap();
+        let mut c = Config::new(id);
+        c.election_timeout_ticks = 15;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("election_timeout_ticks")
+        );
+        let mut c = Config::new(id);
+        c.check_quorum = false;
+        c.lease_reads = true;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lease_reads needs check_quorum")
+        );
+        let mut c = Config::new(id);
+        c.heartbeat_interval_ticks = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -181,3 +181,106 @@ impl StateMachine for KvStore {
         Ok(KvStore { map: snap.map })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn put_get_delete_cas_append_scan() {
+        let mut kv = KvStore::new();
+        assert_eq!(
+            kv.command(KvCommand::Put {
+                key: "a/1".into(),
+                value: b("x")
+            }),
+            KvOutput::Value(None)
+        );
+        assert_eq!(
+            kv.command(KvCommand::Put {
+                key: "a/2".into(),
+                value: b("y")
+            }),
+            KvOutput::Value(None)
+        );
+        assert_eq!(
+            kv.command(KvCommand::Put {
+                key: "b".into(),
+                value: b("z")
+            }),
+            KvOutput::Value(None)
+        );
+        let cas_miss = kv.command(KvCommand::CompareAndSet {
+            key: "a/1".into(),
+            expected: Some(b("nope")),
+            new: Some(b("w")),
+        });
+        assert_eq!(
+            cas_miss,
+            KvOutput::CompareAndSet {
+                succeeded: false,
+                previous: Some(b("x"))
+            }
+        );
+        let cas_hit = kv.command(KvCommand::CompareAndSet {
+            key: "a/1".into(),
+            expected: Some(b("x")),
+            new: Some(b("w")),
+        });
+        assert_eq!(
+            cas_hit,
+            KvOutput::CompareAndSet {
+                succeeded: true,
+                previous: Some(b("x"))
+            }
+        );
+        let create = kv.command(KvCommand::CompareAndSet {
+            key: "c".into(),
+            expected: None,
+            new: Some(b("1")),
+        });
+        assert_eq!(
+            create,
+            KvOutput::CompareAndSet {
+                succeeded: true,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.command(KvCommand::Append {
+                key: "c".into(),
+                value: b("23")
+            }),
+            KvOutput::Length(3)
+        );
+        assert_eq!(
+            kv.command(KvCommand::Delete { key: "b".into() }),
+            KvOutput::Value(Some(b("z")))
+        );
+        assert_eq!(
+            kv.query(&KvQuery::Get { key: "b".into() }),
+            KvOutput::Value(None)
+        );
+        assert_eq!(
+            kv.query(&KvQuery::Scan {
+                prefix: "a/".into(),
+                limit: 10
+            }),
+            KvOutput::Entries(vec![("a/1".into(), b("w")), ("a/2".into(), b("y"))])
+        );
+        assert_eq!(
+            kv.query(&KvQuery::Scan {
+                prefix: "a/".into(),
+                limit: 1
+            }),
+            KvOutput::Entries(vec![("a/1".into(), b("w"))])
+        );
+        let restored = KvStore::restore(&kv.snapshot()).unwrap();
+        assert_eq!(restored, kv);
+        assert!(KvStore::restore(b"\x02").is_err());
+    }
+}

@@ -307,3 +307,204 @@ impl<S: StateMachine> Applier<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Thesis §6.3: sessions make commands exactly-once; these check the table's rules and bounds.
+    use super::*;
+    use crate::kv::{KvCommand, KvOutput, KvQuery, KvStore};
+    use crate::types::Command;
+
+    fn entry(index: Index, time: LogTime, client: u64, seq: u64, first: u64, value: &str) -> Entry {
+        let data = postcard::to_stdvec(&KvCommand::Append {
+            key: "k".into(),
+            value: Bytes::from(value.to_string()),
+        })
+        .unwrap();
+        Entry {
+            term: 1,
+            index,
+            time,
+            payload: Payload::Command(Command {
+                session: Some(SessionRef {
+                    client_id: client,
+                    seq,
+                    first_unacked: first,
+                }),
+                data: Bytes::from(data),
+            }),
+        }
+    }
+
+    fn value(a: &Applier<KvStore>) -> String {
+        match a.query(&KvQuery::Get { key: "k".into() }) {
+            KvOutput::Value(v) => String::from_utf8(v.unwrap_or_default().to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_is_answered_from_the_session_and_not_applied_again() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        let first = a.apply(&entry(1, 0, 7, 1, 1, "x"));
+        let retry = a.apply(&entry(2, 0, 7, 1, 1, "x"));
+        let Applied::Command {
+            result: Ok(r1),
+            duplicate: false,
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            retry,
+            Applied::Command {
+                result: Ok(r1),
+                duplicate: true
+            }
+        );
+        assert_eq!(value(&a), "x");
+    }
+
+    #[test]
+    fn acknowledged_responses_are_forgotten_and_late_retries_refused() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        a.apply(&entry(1, 0, 7, 1, 1, "a"));
+        a.apply(&entry(2, 0, 7, 2, 1, "b"));
+        // The client has both answers: it moves first_unacked to 3.
+        a.apply(&entry(3, 0, 7, 3, 3, "c"));
+        let late = a.apply(&entry(4, 0, 7, 1, 1, "a"));
+        assert!(matches!(
+            late,
+            Applied::Command {
+                result: Err(SessionError::AlreadyAcknowledged {
+                    seq: 1,
+                    first_unacked: 3,
+                    ..
+                }),
+                ..
+            }
+        ));
+        assert_eq!(value(&a), "abc");
+    }
+
+    #[test]
+    fn responses_per_client_are_bounded() {
+        let cfg = SessionConfig {
+            responses_per_client_max: 2,
+            ..SessionConfig::default()
+        };
+        let mut a: Applier<KvStore> = Applier::new(cfg);
+        a.apply(&entry(1, 0, 7, 1, 1, "a"));
+        a.apply(&entry(2, 0, 7, 2, 1, "b"));
+        let third = a.apply(&entry(3, 0, 7, 3, 1, "c"));
+        assert!(matches!(
+            third,
+            Applied::Command {
+                result: Err(SessionError::TooManyInFlight { limit: 2, .. }),
+                ..
+            }
+        ));
+        assert_eq!(value(&a), "ab", "the refused command was not applied");
+    }
+
+    #[test]
+    fn sessions_expire_by_log_time_not_by_a_clock() {
+        let cfg = SessionConfig {
+            session_timeout_ticks: 100,
+            ..SessionConfig::default()
+        };
+        let mut a: Applier<KvStore> = Applier::new(cfg);
+        a.apply(&entry(1, 10, 7, 1, 1, "a"));
+        // Another client's entry at log time 200 expires client 7's session on every replica.
+        a.apply(&entry(2, 200, 8, 1, 1, "b"));
+        assert_eq!(a.sessions().len(), 1);
+        // Client 7 continues at seq 2: its session is gone, so the group cannot tell whether
+        // seq 1 was applied; it says so instead of guessing.
+        let cont = a.apply(&entry(3, 201, 7, 2, 2, "c"));
+        assert!(matches!(
+            cont,
+            Applied::Command {
+                result: Err(SessionError::Expired { client_id: 7 }),
+                ..
+            }
+        ));
+        assert_eq!(value(&a), "ab");
+    }
+
+    #[test]
+    fn the_session_count_is_bounded_by_evicting_the_least_recent() {
+        let cfg = SessionConfig {
+            sessions_max: 2,
+            ..SessionConfig::default()
+        };
+        let mut a: Applier<KvStore> = Applier::new(cfg);
+        a.apply(&entry(1, 1, 1, 1, 1, "a"));
+        a.apply(&entry(2, 2, 2, 1, 1, "b"));
+        a.apply(&entry(3, 3, 3, 1, 1, "c"));
+        assert_eq!(a.sessions().len(), 2);
+        let evicted = a.apply(&entry(4, 4, 1, 2, 2, "d"));
+        assert!(matches!(
+            evicted,
+            Applied::Command {
+                result: Err(SessionError::Expired { client_id: 1 }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn snapshots_carry_sessions_so_retries_stay_exactly_once_after_restore() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        a.apply(&entry(1, 0, 7, 1, 1, "a"));
+        let snap = a.snapshot();
+        let mut b: Applier<KvStore> = Applier::restore(&snap, SessionConfig::default()).unwrap();
+        assert_eq!(b.applied(), 1);
+        let retry = b.apply(&entry(2, 0, 7, 1, 1, "a"));
+        assert!(matches!(
+            retry,
+            Applied::Command {
+                duplicate: true,
+                ..
+            }
+        ));
+        assert_eq!(value(&b), "a");
+    }
+
+    #[test]
+    fn a_snapshot_of_another_format_version_is_a_clear_error() {
+        let bytes = postcard::to_stdvec(&AppliedSnapshot {
+            version: FORMAT_VERSION + 1,
+            applied: 0,
+            sessions: Sessions::default(),
+            state: Vec::new(),
+        })
+        .unwrap();
+        let err = Applier::<KvStore>::restore(&bytes, SessionConfig::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("format version"), "{err}");
+        assert!(Applier::<KvStore>::restore(b"\xff\xff", SessionConfig::default()).is_err());
+    }
+
+    #[test]
+    fn a_command_that_does_not_decode_is_answered_with_an_error_on_every_replica() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        let bad = Entry {
+            term: 1,
+            index: 1,
+            time: 0,
+            payload: Payload::Command(Command {
+                session: None,
+                data: Bytes::from_static(b"\xff\xff\xff"),
+            }),
+        };
+        assert!(matches!(
+            a.apply(&bad),
+            Applied::Command {
+                result: Err(SessionError::Malformed(_)),
+                ..
+            }
+        ));
+        assert_eq!(a.applied(), 1);
+    }
+}
