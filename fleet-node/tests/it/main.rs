@@ -1,4 +1,6 @@
 //! Integration tests of fleet-node (one binary; see the workspace README).
 
+mod daemon;
+mod runtime;
 mod storage;
 mod transport;

@@ -1,0 +1,1465 @@
+//! The node loop: one task that drives every group hosted on this node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fleet_core::{
+    Applied, Command, Config, Configuration, Entry, Error as CoreError, GroupId, Index, Message,
+    Ready, Replica, ReplicaId, Restored, Role, SessionRef, Snapshot, Term,
+};
+use rand_core::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::rpc::{self, Directory, Rpc};
+use super::{FleetError, Request, Settings};
+use crate::catalog::{
+    Catalog, CatalogCommand, CatalogOutput, GroupEntry, GroupState, META_GROUP, NodeEntry,
+};
+use crate::registry::{HostedMachine, Registry, state_of};
+use crate::storage::{GroupWrite, RecoveredGroup, Store, StoreConfig, WriteBatch, WriteOutcome};
+use crate::transport::{Inbound, InboundFrame, Transport};
+
+/// The kind name of the meta group's state machine, the catalog.
+pub(crate) const META_KIND: &str = "fleet.catalog";
+
+/// Callers waiting for a group to serve, at most.
+const SERVING_WAITERS_MAX: usize = 65_536;
+/// Storage batches in flight at once; the loop stops gathering Readys beyond it.
+const BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// A node's view of itself and the groups, for `status()`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    /// The nodes of the catalog.
+    pub nodes: Vec<NodeStatus>,
+    /// The groups of the catalog, with what this node knows of them.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One node as the catalog knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// The catalog entry.
+    pub entry: NodeEntry,
+    /// Whether this node can reach it (always true for itself).
+    pub reachable: bool,
+}
+
+/// One group as this node knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupStatus {
+    /// The catalog entry.
+    pub entry: GroupEntry,
+    /// The leader this node knows of.
+    pub leader: Option<String>,
+    /// The term of this node's replica (0 if it hosts none).
+    pub term: Term,
+    /// The commit index of this node's replica.
+    pub commit: Index,
+    /// The applied index of this node's replica.
+    pub applied: Index,
+    /// Whether the group has a leader this node knows of and is not stopped here.
+    pub available: bool,
+    /// Why it is stopped on this node, if it is.
+    pub stopped: Option<String>,
+}
+
+/// A proposal waiting to be applied.
+struct Waiter {
+    term: Term,
+    reply: oneshot::Sender<Result<Bytes, FleetError>>,
+}
+
+/// A read waiting for its ReadIndex confirmation, then for the applied index to reach it.
+struct ReadWaiter {
+    query: Bytes,
+    index: Option<Index>,
+    reply: oneshot::Sender<Result<Bytes, FleetError>>,
+}
+
+/// One hosted group.
+struct Slot {
+    name: String,
+    replica: Replica,
+    machine: Box<dyn HostedMachine>,
+    waiters: BTreeMap<Index, Waiter>,
+    reads: BTreeMap<u64, ReadWaiter>,
+    stopped: Option<String>,
+    /// Catalog commands proposed by this node, answered when applied.
+    catalog_waiters: BTreeMap<Index, (Term, oneshot::Sender<Result<CatalogOutput, FleetError>>)>,
+}
+
+/// What a Ready leaves for after its write is durable.
+struct Stash {
+    group: GroupId,
+    number: u64,
+    must_persist: bool,
+    after: Vec<Message>,
+    snapshot: Option<Snapshot>,
+    committed: Vec<Entry>,
+    reads: Vec<fleet_core::ReadState>,
+}
+
+struct Batch {
+    id: u64,
+    durable: bool,
+    stashes: Vec<Stash>,
+}
+
+/// A caller waiting for a group, by name, to serve here, until a deadline.
+type ServingWaiter = (String, Instant, oneshot::Sender<Result<(), FleetError>>);
+
+/// The node's network side, when it has one.
+pub(crate) struct Net {
+    pub transport: Transport<Message>,
+    pub frames: tokio::sync::mpsc::Receiver<InboundFrame<Message>>,
+    pub directory: Arc<Directory>,
+    pub leader_cache: Arc<DashMap<String, String>>,
+    /// The address peers dial to reach this node.
+    pub advertise: String,
+}
+
+impl Net {
+    pub(crate) fn new(
+        transport: Transport<Message>,
+        inbound: Inbound<Message>,
+        directory: Arc<Directory>,
+        leader_cache: Arc<DashMap<String, String>>,
+        advertise: String,
+    ) -> (
+        Net,
+        tokio::sync::mpsc::Receiver<crate::transport::InboundRequest>,
+    ) {
+        let Inbound {
+            frames, requests, ..
+        } = inbound;
+        (
+            Net {
+                transport,
+                frames,
+                directory,
+                leader_cache,
+                advertise,
+            },
+            requests,
+        )
+    }
+}
+
+async fn next_frame(net: &mut Option<Net>) -> Option<InboundFrame<Message>> {
+    match net {
+        Some(n) => n.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) struct Driver {
+    name: String,
+    node_id: Option<u64>,
+    settings: Settings,
+    registry: Registry,
+    store: Store,
+    rng: rand_chacha::ChaCha8Rng,
+    slots: HashMap<GroupId, Slot>,
+    /// Groups that are not quiesced: the only ones ticked.
+    awake: BTreeSet<GroupId>,
+    /// Groups that may have a Ready.
+    dirty: BTreeSet<GroupId>,
+    batches: VecDeque<Batch>,
+    next_batch: u64,
+    done_tx: mpsc::UnboundedSender<(u64, Result<WriteOutcome, FleetError>)>,
+    done_rx: mpsc::UnboundedReceiver<(u64, Result<WriteOutcome, FleetError>)>,
+    next_read: u64,
+    /// Writes to add to the next batch (bootstraps of new groups, local snapshots).
+    extra_writes: Vec<GroupWrite>,
+    net: Option<Net>,
+    /// Messages to send at the end of this round, by destination node.
+    outbox: HashMap<String, Vec<(GroupId, Message)>>,
+    /// Node names by id, from the catalog.
+    names: HashMap<u64, String>,
+    /// Peers not heard from for an election timeout.
+    suspected: BTreeSet<String>,
+    /// Desired leaders of new groups campaign a few ticks after creating their replica, so the
+    /// other members have created theirs.
+    pending_campaigns: Vec<(GroupId, u64)>,
+    ticks: u64,
+    /// Callers waiting for a group (by name) to serve here.
+    serving_waiters: Vec<ServingWaiter>,
+    /// A joining node's activate, answered when the catalog lists it.
+    joined_waiter: Option<(Instant, oneshot::Sender<Result<(), FleetError>>)>,
+    /// Catalog commands waiting for this node's meta replica to lead.
+    catalog_queue: VecDeque<(
+        CatalogCommand,
+        oneshot::Sender<Result<CatalogOutput, FleetError>>,
+    )>,
+    failed: Option<String>,
+}
+
+impl Driver {
+    /// Opens storage and rebuilds every hosted group (blocking: run it off the async threads).
+    pub(crate) fn open(
+        name: String,
+        data_dir: PathBuf,
+        settings: Settings,
+        registry: Registry,
+        net: Option<Net>,
+    ) -> Result<Self, FleetError> {
+        let (store, report) = Store::open(StoreConfig::new(&data_dir))?;
+        info!(node = %name, groups = report.groups.len(), elapsed = ?report.elapsed, "storage opened");
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(name.as_bytes());
+            h.finish()
+        };
+        let mut driver = Driver {
+            name,
+            node_id: None,
+            settings,
+            registry,
+            store,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            slots: HashMap::new(),
+            awake: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            batches: VecDeque::new(),
+            next_batch: 1,
+            done_tx,
+            done_rx,
+            next_read: 1,
+            extra_writes: Vec::new(),
+            catalog_queue: VecDeque::new(),
+            net,
+            outbox: HashMap::new(),
+            names: HashMap::new(),
+            suspected: BTreeSet::new(),
+            pending_campaigns: Vec::new(),
+            ticks: 0,
+            serving_waiters: Vec::new(),
+            joined_waiter: None,
+            failed: None,
+        };
+        for group in &report.groups {
+            driver.recover(group)?;
+        }
+        if driver.slots.contains_key(&META_GROUP) {
+            driver.node_id = driver
+                .catalog()
+                .and_then(|c| c.node(&driver.name))
+                .map(|n| n.id);
+        }
+        Ok(driver)
+    }
+
+    fn replica_config(&self, id: ReplicaId) -> Config {
+        let mut cfg = Config::new(id);
+        cfg.election_timeout_ticks = self.settings.election_timeout_ticks;
+        cfg.heartbeat_interval_ticks = self.settings.heartbeat_interval_ticks;
+        cfg.quiesce_after_ticks = self.settings.quiesce_after_ticks;
+        cfg
+    }
+
+    fn machine(
+        &self,
+        kind: &str,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Box<dyn HostedMachine>, FleetError> {
+        if kind == META_KIND {
+            let mut meta = Registry::new(self.settings.sessions);
+            meta.register::<Catalog>(META_KIND);
+            return meta
+                .create(META_KIND, snapshot)
+                .expect("registered")
+                .map_err(|e| FleetError::Storage(e.to_string()));
+        }
+        self.registry
+            .create(kind, snapshot)
+            .ok_or_else(|| FleetError::UnknownKind(kind.to_string()))?
+            .map_err(|e| FleetError::Storage(e.to_string()))
+    }
+
+    fn recover(&mut self, g: &RecoveredGroup) -> Result<(), FleetError> {
+        let snapshot = self.store.read_snapshot(g.group)?;
+        let entries = if g.last_index >= g.first_index {
+            self.store
+                .entries(g.group, g.first_index, g.last_index + 1, usize::MAX)?
+        } else {
+            Vec::new()
+        };
+        let machine = self.machine(&g.replica.kind, snapshot.as_ref().map(|s| s.data.as_ref()))?;
+        let restored = Restored {
+            hard_state: g.hard_state,
+            snapshot: snapshot
+                .as_ref()
+                .map(|s| s.meta.clone())
+                .unwrap_or_default(),
+            snapshot_data: snapshot.map(|s| s.data),
+            entries,
+        };
+        let cfg = self.replica_config(g.replica.replica);
+        let replica = Replica::new(cfg, &mut self.rng, restored)
+            .map_err(|e| FleetError::Config(e.to_string()))?;
+        self.slots.insert(
+            g.group,
+            Slot {
+                name: String::new(),
+                replica,
+                machine,
+                waiters: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                stopped: None,
+                catalog_waiters: BTreeMap::new(),
+            },
+        );
+        self.awake.insert(g.group);
+        self.dirty.insert(g.group);
+        Ok(())
+    }
+
+    fn catalog(&self) -> Option<&Catalog> {
+        self.slots
+            .get(&META_GROUP)
+            .and_then(|s| state_of::<Catalog>(s.machine.as_ref()))
+    }
+
+    fn group_id(&self, name: &str) -> Result<GroupEntry, FleetError> {
+        let catalog = self.catalog().ok_or(FleetError::NotActive)?;
+        let Some(entry) = catalog.group(name) else {
+            // A catalog still replaying its log after a restart may not know the group yet.
+            let meta = &self.slots[&META_GROUP];
+            if meta.machine.applied() < meta.replica.committed() {
+                return Err(FleetError::NotLeader { leader: None });
+            }
+            return Err(FleetError::NoSuchGroup(name.to_string()));
+        };
+        if entry.state == GroupState::Removed {
+            return Err(FleetError::NoSuchGroup(name.to_string()));
+        }
+        Ok(entry.clone())
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut ticker = tokio::time::interval(self.settings.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown: Option<oneshot::Sender<Result<(), FleetError>>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                Some((id, result)) = self.done_rx.recv() => self.write_done(id, result),
+                Some(frame) = next_frame(&mut self.net) => self.receive(frame),
+                _ = ticker.tick() => self.tick(),
+                req = rx.recv(), if shutdown.is_none() => match req {
+                    Some(Request::Shutdown { reply }) => shutdown = Some(reply),
+                    Some(req) => self.handle(req),
+                    None => break,
+                },
+            }
+            if self.failed.is_some() {
+                break;
+            }
+            self.flush();
+            if shutdown.is_some() && self.batches.is_empty() {
+                break;
+            }
+        }
+        let failure = self.failed.clone();
+        for slot in self.slots.values_mut() {
+            let err = || {
+                failure
+                    .clone()
+                    .map_or(FleetError::Shutdown, FleetError::Storage)
+            };
+            for (_, w) in std::mem::take(&mut slot.waiters) {
+                let _ = w.reply.send(Err(err()));
+            }
+            for (_, r) in std::mem::take(&mut slot.reads) {
+                let _ = r.reply.send(Err(err()));
+            }
+        }
+        let closed = tokio::task::spawn_blocking(move || self.store.close()).await;
+        if let Some(reply) = shutdown {
+            let result = match (failure, closed) {
+                (Some(f), _) => Err(FleetError::Storage(f)),
+                (None, Ok(Ok(()))) => Ok(()),
+                (None, Ok(Err(e))) => Err(e.into()),
+                (None, Err(e)) => Err(FleetError::Storage(e.to_string())),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Steps the messages of a frame into the replicas they are for. Messages for groups this
+    /// node does not host, or for another incarnation, are dropped without creating anything.
+    fn receive(&mut self, frame: InboundFrame<Message>) {
+        for (g, m) in frame.messages {
+            // Until the catalog reaches a joining node, it learns who is who from the senders
+            // of the frames it gets (names proven by the transport).
+            self.names
+                .entry(m.from.node.0)
+                .or_insert_with(|| frame.from.to_string());
+            let Some(slot) = self.slots.get_mut(&g) else {
+                metrics::counter!("fleet_messages_dropped_total", "reason" => "unhosted")
+                    .increment(1);
+                continue;
+            };
+            if m.to != slot.replica.id() || slot.stopped.is_some() {
+                metrics::counter!("fleet_messages_dropped_total", "reason" => "incarnation")
+                    .increment(1);
+                continue;
+            }
+            slot.replica.step(m);
+            self.awake.insert(g);
+            self.dirty.insert(g);
+        }
+    }
+
+    /// Node-level liveness: one (empty) frame per peer per tick, and quiesced followers of a
+    /// peer that went silent are told to suspect their leader.
+    fn liveness(&mut self) {
+        let Some(net) = &self.net else { return };
+        let timeout = self.settings.tick * self.settings.election_timeout_ticks;
+        let mut newly_suspected = Vec::new();
+        for peer in net.directory.names() {
+            let _ = net.transport.send(&peer, &[]);
+            let silent = net
+                .transport
+                .last_heard(&peer)
+                .is_none_or(|t| t.elapsed() > timeout);
+            if silent {
+                if self.suspected.insert(peer.clone()) {
+                    newly_suspected.push(peer);
+                }
+            } else {
+                self.suspected.remove(&peer);
+            }
+        }
+        if newly_suspected.is_empty() {
+            return;
+        }
+        let ids: BTreeSet<u64> = self
+            .names
+            .iter()
+            .filter(|(_, n)| newly_suspected.contains(n))
+            .map(|(id, _)| *id)
+            .collect();
+        let affected: Vec<GroupId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.replica.is_quiesced()
+                    && s.replica.leader().is_some_and(|l| ids.contains(&l.node.0))
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        for g in affected {
+            self.slots
+                .get_mut(&g)
+                .expect("hosted")
+                .replica
+                .suspect_leader();
+            self.wake(g);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        self.liveness();
+        let due: Vec<GroupId> = self
+            .pending_campaigns
+            .iter()
+            .filter(|(_, at)| *at <= self.ticks)
+            .map(|(g, _)| *g)
+            .collect();
+        self.pending_campaigns.retain(|(_, at)| *at > self.ticks);
+        for g in due {
+            if let Some(slot) = self.slots.get_mut(&g)
+                && slot.replica.leader().is_none()
+            {
+                slot.replica.campaign();
+                self.wake(g);
+            }
+        }
+        if self.ticks.is_multiple_of(META_RECONCILE_TICKS) {
+            self.reconcile_meta_membership();
+        }
+        self.answer_serving_waiters();
+        let awake: Vec<GroupId> = self.awake.iter().copied().collect();
+        for g in awake {
+            let slot = self.slots.get_mut(&g).expect("awake groups are hosted");
+            if slot.stopped.is_some() {
+                continue;
+            }
+            slot.replica.tick();
+            self.dirty.insert(g);
+        }
+    }
+
+    /// Whether a group has a leader whose no-op of its term is committed (it serves).
+    fn serves(&self, g: GroupId) -> bool {
+        self.slots.get(&g).is_some_and(|s| {
+            let r = &s.replica;
+            r.leader().is_some() && r.term_at(r.committed()) == Some(r.term())
+        })
+    }
+
+    fn wake(&mut self, g: GroupId) {
+        self.awake.insert(g);
+        self.dirty.insert(g);
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Activate { zone, reply } => self.activate(zone, reply),
+            Request::CreateGroup {
+                name,
+                size,
+                kind,
+                reply,
+            } => {
+                if !self.registry.contains(&kind) {
+                    let _ = reply.send(Err(FleetError::UnknownKind(kind)));
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                self.propose_catalog(CatalogCommand::CreateGroup { name, size, kind }, tx);
+                self.await_catalog(rx, reply, |out| match out {
+                    CatalogOutput::GroupCreated(entry) => Ok(entry),
+                    CatalogOutput::Refused(e) => Err(e.into()),
+                    other => Err(FleetError::Codec(format!(
+                        "unexpected catalog answer {other:?}"
+                    ))),
+                });
+            }
+            Request::RemoveGroup { name, reply } => {
+                let (tx, rx) = oneshot::channel();
+                self.propose_catalog(CatalogCommand::RemoveGroup { name }, tx);
+                self.await_catalog(rx, reply, |out| match out {
+                    CatalogOutput::GroupRemoved => Ok(()),
+                    CatalogOutput::Refused(e) => Err(e.into()),
+                    other => Err(FleetError::Codec(format!(
+                        "unexpected catalog answer {other:?}"
+                    ))),
+                });
+            }
+            Request::Command {
+                group,
+                data,
+                session,
+                reply,
+            } => {
+                let result = self.propose(&group, data, session, reply);
+                if let Err((e, reply)) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Request::Query {
+                group,
+                data,
+                linearizable,
+                reply,
+            } => self.query(&group, data, linearizable, reply),
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::Joined { node_id, reply } => self.joined(node_id, reply),
+            Request::AwaitServing { group, reply } => {
+                if self.serving_waiters.len() >= SERVING_WAITERS_MAX {
+                    let _ = reply.send(Err(FleetError::Busy(
+                        "too many callers wait for groups to serve".into(),
+                    )));
+                    return;
+                }
+                let deadline = Instant::now() + self.settings.request_timeout;
+                self.serving_waiters.push((group, deadline, reply));
+                self.answer_serving_waiters();
+            }
+            Request::Catalog { cmd, reply } => self.propose_catalog(cmd, reply),
+            Request::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    /// Answers `reply` once the catalog command behind `rx` is applied. Creations then wait for
+    /// their group to serve.
+    fn await_catalog<T: Send + 'static>(
+        &mut self,
+        rx: oneshot::Receiver<Result<CatalogOutput, FleetError>>,
+        reply: oneshot::Sender<Result<T, FleetError>>,
+        map: impl FnOnce(CatalogOutput) -> Result<T, FleetError> + Send + 'static,
+    ) {
+        // The catalog answer arrives from this loop itself; a small task forwards it, so the loop
+        // never blocks on it.
+        tokio::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(out)) => map(out),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(FleetError::Shutdown),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
+    fn activate(&mut self, zone: String, reply: oneshot::Sender<Result<(), FleetError>>) {
+        if !self.slots.contains_key(&META_GROUP) {
+            // No meta replica: this node founds the fleet. Its meta replica is (1, 0): the
+            // catalog gives the first registered node id 1.
+            let me = ReplicaId::new(1, 0);
+            if let Err(e) = self.create_replica(
+                META_GROUP,
+                me,
+                META_KIND,
+                Configuration::new([me]),
+                String::new(),
+            ) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let mut key = [0u8; 16];
+            self.rng.fill_bytes(&mut key);
+            let (tx, _rx) = oneshot::channel();
+            self.propose_catalog(CatalogCommand::Init { key }, tx);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.propose_catalog(
+            CatalogCommand::RegisterNode {
+                name: self.name.clone(),
+                // A node without a transport has no address peers can dial.
+                address: self
+                    .net
+                    .as_ref()
+                    .map_or_else(|| "unbound".to_string(), |n| n.advertise.clone()),
+                zone,
+            },
+            tx,
+        );
+        self.await_catalog(rx, reply, |out| match out {
+            CatalogOutput::NodeRegistered { .. } => Ok(()),
+            CatalogOutput::Refused(e) => Err(e.into()),
+            other => Err(FleetError::Codec(format!(
+                "unexpected catalog answer {other:?}"
+            ))),
+        });
+    }
+
+    /// The join handshake gave this node its id: host an empty meta replica (a learner to be)
+    /// and answer `activate` once the replicated catalog lists this node.
+    fn joined(&mut self, node_id: u64, reply: oneshot::Sender<Result<(), FleetError>>) {
+        if !self.slots.contains_key(&META_GROUP) {
+            let id = ReplicaId::new(node_id, 0);
+            let machine = match self.machine(META_KIND, None) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = self.store.create_group(META_GROUP, id, META_KIND) {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+            let replica =
+                match Replica::new(self.replica_config(id), &mut self.rng, Restored::empty()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = reply.send(Err(FleetError::Config(e.to_string())));
+                        return;
+                    }
+                };
+            self.slots.insert(
+                META_GROUP,
+                Slot {
+                    name: String::new(),
+                    replica,
+                    machine,
+                    waiters: BTreeMap::new(),
+                    reads: BTreeMap::new(),
+                    stopped: None,
+                    catalog_waiters: BTreeMap::new(),
+                },
+            );
+            self.wake(META_GROUP);
+        }
+        self.node_id = Some(node_id);
+        self.joined_waiter = Some((Instant::now() + self.settings.request_timeout, reply));
+        self.answer_serving_waiters();
+    }
+
+    /// Answers the callers waiting for a group to serve here, and a joining node's activate.
+    fn answer_serving_waiters(&mut self) {
+        let now = Instant::now();
+        if let Some((deadline, _)) = &self.joined_waiter {
+            let listed = self.catalog().is_some_and(|c| c.node(&self.name).is_some());
+            if listed || now >= *deadline {
+                let (_, reply) = self.joined_waiter.take().expect("checked");
+                let _ = reply.send(if listed {
+                    Ok(())
+                } else {
+                    Err(FleetError::Timeout {
+                        group: "(meta)".into(),
+                        timeout: self.settings.request_timeout,
+                    })
+                });
+            }
+        }
+        if self.serving_waiters.is_empty() {
+            return;
+        }
+        let timeout = self.settings.request_timeout;
+        for (name, deadline, reply) in std::mem::take(&mut self.serving_waiters) {
+            let id = self.catalog().and_then(|c| c.group(&name)).map(|g| g.id);
+            if id.is_some_and(|g| self.serves(g)) {
+                let _ = reply.send(Ok(()));
+            } else if now >= deadline {
+                let _ = reply.send(Err(FleetError::Timeout {
+                    group: name,
+                    timeout,
+                }));
+            } else {
+                self.serving_waiters.push((name, deadline, reply));
+            }
+        }
+    }
+
+    /// On the meta leader: every active node gets a meta replica (a learner), and up to
+    /// `META_VOTERS_MAX` caught-up learners become voters. One change at a time.
+    fn reconcile_meta_membership(&mut self) {
+        let Some(catalog) = self.catalog() else {
+            return;
+        };
+        let active: Vec<u64> = catalog
+            .nodes()
+            .filter(|n| n.state == placement::NodeState::Active)
+            .map(|n| n.id)
+            .collect();
+        let slot = self
+            .slots
+            .get(&META_GROUP)
+            .expect("catalog implies a meta replica");
+        if slot.replica.role() != Role::Leader {
+            return;
+        }
+        let conf = slot.replica.config();
+        let last = slot.replica.last_index();
+        let change = if let Some(node) = active
+            .iter()
+            .find(|id| !conf.members().any(|m| m.node.0 == **id))
+        {
+            Some(fleet_core::MembershipChange::AddLearner(ReplicaId::new(
+                *node, 0,
+            )))
+        } else if conf.voters.len() < META_VOTERS_MAX.min(active.len()) {
+            conf.learners
+                .iter()
+                .find(|l| {
+                    slot.replica
+                        .progress(**l)
+                        .is_some_and(|p| p.match_index + 16 >= last)
+                })
+                .map(|l| fleet_core::MembershipChange::Promote(*l))
+        } else {
+            None
+        };
+        if let Some(change) = change {
+            let slot = self.slots.get_mut(&META_GROUP).expect("hosted");
+            match slot.replica.change_membership(change) {
+                Ok(index) => {
+                    info!(node = %self.name, ?change, index, "meta group membership change")
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.name, ?change, error = %e, "meta membership change deferred")
+                }
+            }
+            self.wake(META_GROUP);
+        }
+    }
+
+    /// The node believed to lead a group, for a redirect: this node's replica's leader, or for a
+    /// group not hosted here, its desired leader.
+    fn leader_hint(&self, entry: &GroupEntry) -> Option<String> {
+        let node = match self.slots.get(&entry.id) {
+            Some(slot) => slot.replica.leader().map(|l| l.node.0),
+            None => entry.initial_members.first().map(|m| m.node.0),
+        }?;
+        self.names.get(&node).filter(|n| **n != self.name).cloned()
+    }
+
+    fn queue_message(&mut self, g: GroupId, m: Message) {
+        match self.names.get(&m.to.node.0) {
+            Some(name) if self.net.is_some() => {
+                self.outbox.entry(name.clone()).or_default().push((g, m))
+            }
+            _ => metrics::counter!("fleet_messages_dropped_total", "reason" => "unknown_node")
+                .increment(1),
+        }
+    }
+
+    /// Sends what this round produced: one frame per destination node.
+    fn send_outbox(&mut self) {
+        let Some(net) = &self.net else {
+            self.outbox.clear();
+            return;
+        };
+        for (peer, msgs) in self.outbox.drain() {
+            if let Err(e) = net.transport.send(&peer, &msgs) {
+                tracing::debug!(node = %self.name, %peer, error = %e, "messages dropped; Raft retries");
+            }
+        }
+    }
+
+    /// Queues a catalog command; it is proposed as soon as this node's meta replica leads.
+    fn propose_catalog(
+        &mut self,
+        cmd: CatalogCommand,
+        reply: oneshot::Sender<Result<CatalogOutput, FleetError>>,
+    ) {
+        if !self.slots.contains_key(&META_GROUP) {
+            let _ = reply.send(Err(FleetError::NotActive));
+            return;
+        }
+        if self.catalog_queue.len() >= CATALOG_QUEUE_MAX {
+            let _ = reply.send(Err(FleetError::Busy(
+                "too many catalog changes queued".into(),
+            )));
+            return;
+        }
+        self.catalog_queue.push_back((cmd, reply));
+        self.wake(META_GROUP);
+    }
+
+    /// Proposes the queued catalog commands if the meta group leads here.
+    fn drain_catalog_queue(&mut self) {
+        if self.catalog_queue.is_empty() {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&META_GROUP) else {
+            return;
+        };
+        if slot.replica.role() != Role::Leader {
+            if slot.replica.leader().is_none()
+                && slot.replica.config().voters.len() == 1
+                && slot.replica.is_promotable()
+            {
+                // The only voter need not wait out an election timeout.
+                slot.replica.campaign();
+                self.dirty.insert(META_GROUP);
+            }
+            let leader = slot
+                .replica
+                .leader()
+                .and_then(|l| self.names.get(&l.node.0))
+                .cloned();
+            if let (Some(leader), Some(net)) = (leader, &self.net) {
+                // Forward to the meta leader; its answer comes back on the same stream.
+                for (cmd, reply) in self.catalog_queue.drain(..) {
+                    let transport = net.transport.clone();
+                    let leader = leader.clone();
+                    tokio::spawn(async move {
+                        let result = match transport
+                            .request(&leader, &rpc::encode(&Rpc::Catalog { cmd }))
+                            .await
+                        {
+                            Ok(bytes) => rpc::decode::<Result<CatalogOutput, FleetError>>(&bytes)
+                                .and_then(|r| r),
+                            Err(e) => Err(FleetError::Unreachable {
+                                node: leader,
+                                reason: e.to_string(),
+                            }),
+                        };
+                        let _ = reply.send(result);
+                    });
+                }
+            }
+            return;
+        }
+        while let Some((cmd, reply)) = self.catalog_queue.pop_front() {
+            let data = Bytes::from(postcard::to_stdvec(&cmd).expect("catalog commands encode"));
+            match slot.replica.propose(Command {
+                session: None,
+                data,
+            }) {
+                Ok(index) => {
+                    slot.catalog_waiters
+                        .insert(index, (slot.replica.term(), reply));
+                }
+                Err(CoreError::NotLeader { .. }) | Err(CoreError::TransferInProgress { .. }) => {
+                    self.catalog_queue.push_front((cmd, reply));
+                    break;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(FleetError::Busy(e.to_string())));
+                }
+            }
+        }
+        self.dirty.insert(META_GROUP);
+    }
+
+    fn propose(
+        &mut self,
+        group: &str,
+        data: Bytes,
+        session: Option<SessionRef>,
+        reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    ) -> Result<(), (FleetError, oneshot::Sender<Result<Bytes, FleetError>>)> {
+        let entry = match self.group_id(group) {
+            Ok(e) => e,
+            Err(e) => return Err((e, reply)),
+        };
+        let proposals_max = self.settings.proposals_per_group_max;
+        let hint = self.leader_hint(&entry);
+        let Some(slot) = self.slots.get_mut(&entry.id) else {
+            return Err((FleetError::NotLeader { leader: hint }, reply));
+        };
+        if let Some(reason) = &slot.stopped {
+            return Err((
+                FleetError::GroupStopped {
+                    group: group.to_string(),
+                    reason: reason.clone(),
+                },
+                reply,
+            ));
+        }
+        if let Err(e) = slot.machine.check_command(&data) {
+            return Err((e.into(), reply));
+        }
+        if slot.waiters.len() >= proposals_max {
+            return Err((
+                FleetError::Busy(format!(
+                    "{} proposals wait in group {group:?}",
+                    slot.waiters.len()
+                )),
+                reply,
+            ));
+        }
+        match slot.replica.propose(Command { session, data }) {
+            Ok(index) => {
+                let term = slot.replica.term();
+                slot.waiters.insert(index, Waiter { term, reply });
+            }
+            Err(CoreError::NotLeader { .. }) | Err(CoreError::TransferInProgress { .. }) => {
+                if slot.replica.leader().is_none()
+                    && slot.replica.config().voters.len() == 1
+                    && slot.replica.is_promotable()
+                {
+                    slot.replica.campaign();
+                }
+                self.wake(entry.id);
+                return Err((FleetError::NotLeader { leader: hint }, reply));
+            }
+            Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
+        }
+        self.wake(entry.id);
+        Ok(())
+    }
+
+    fn query(
+        &mut self,
+        group: &str,
+        data: Bytes,
+        linearizable: bool,
+        reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    ) {
+        let entry = match self.group_id(group) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let hint = self.leader_hint(&entry);
+        let Some(slot) = self.slots.get_mut(&entry.id) else {
+            let _ = reply.send(Err(FleetError::NotLeader { leader: hint }));
+            return;
+        };
+        if let Some(reason) = &slot.stopped {
+            let _ = reply.send(Err(FleetError::GroupStopped {
+                group: group.to_string(),
+                reason: reason.clone(),
+            }));
+            return;
+        }
+        if !linearizable {
+            let _ = reply.send(slot.machine.query(&data).map_err(FleetError::from));
+            return;
+        }
+        let ctx = self.next_read;
+        self.next_read += 1;
+        match slot.replica.read_index(ctx) {
+            Ok(()) => {
+                slot.reads.insert(
+                    ctx,
+                    ReadWaiter {
+                        query: data,
+                        index: None,
+                        reply,
+                    },
+                );
+            }
+            Err(CoreError::NotLeader { .. }) => {
+                let _ = reply.send(Err(FleetError::NotLeader { leader: hint }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(FleetError::Busy(e.to_string())));
+            }
+        }
+        self.wake(entry.id);
+    }
+
+    fn status(&self) -> Status {
+        let Some(catalog) = self.catalog() else {
+            return Status {
+                node: self.name.clone(),
+                nodes: Vec::new(),
+                groups: Vec::new(),
+            };
+        };
+        let node_name = |id: u64| catalog.node_by_id(id).map(|n| n.name.clone());
+        let groups = catalog
+            .groups()
+            .map(|entry| {
+                let slot = self.slots.get(&entry.id);
+                let leader = slot
+                    .and_then(|s| s.replica.leader())
+                    .and_then(|l| node_name(l.node.0));
+                let stopped = slot.and_then(|s| s.stopped.clone());
+                GroupStatus {
+                    entry: entry.clone(),
+                    available: leader.is_some()
+                        && stopped.is_none()
+                        && entry.state == GroupState::Active,
+                    leader,
+                    term: slot.map_or(0, |s| s.replica.term()),
+                    commit: slot.map_or(0, |s| s.replica.committed()),
+                    applied: slot.map_or(0, |s| s.machine.applied()),
+                    stopped,
+                }
+            })
+            .collect();
+        let nodes = catalog
+            .nodes()
+            .map(|n| NodeStatus {
+                reachable: n.name == self.name,
+                entry: n.clone(),
+            })
+            .collect();
+        Status {
+            node: self.name.clone(),
+            nodes,
+            groups,
+        }
+    }
+
+    /// Creates and durably registers a new replica, starting from `initial` (its bootstrap entry
+    /// and hard state go into the next batch, before anything the replica says).
+    fn create_replica(
+        &mut self,
+        g: GroupId,
+        id: ReplicaId,
+        kind: &str,
+        initial: Configuration,
+        name: String,
+    ) -> Result<(), FleetError> {
+        let machine = self.machine(kind, None)?;
+        // Registered durably before the replica's first write (the writer keeps order).
+        let _registered = self.store.create_group(g, id, kind)?;
+        let restored = Restored::bootstrap(initial);
+        let mut write = GroupWrite::new(g);
+        write.entries = restored.entries.clone();
+        write.hard_state = Some(restored.hard_state);
+        self.extra_writes.push(write);
+        let replica = Replica::new(self.replica_config(id), &mut self.rng, restored)
+            .map_err(|e| FleetError::Config(e.to_string()))?;
+        self.slots.insert(
+            g,
+            Slot {
+                name,
+                replica,
+                machine,
+                waiters: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                stopped: None,
+                catalog_waiters: BTreeMap::new(),
+            },
+        );
+        self.wake(g);
+        Ok(())
+    }
+
+    /// Hosts every group the catalog places on this node that is not hosted yet.
+    fn reconcile_hosting(&mut self) {
+        if let Some(catalog) = self.catalog() {
+            let names: HashMap<u64, String> =
+                catalog.nodes().map(|n| (n.id, n.name.clone())).collect();
+            let group_names: Vec<(GroupId, String)> =
+                catalog.groups().map(|g| (g.id, g.name.clone())).collect();
+            if let Some(net) = &self.net {
+                net.directory.update(catalog, &self.name);
+            }
+            self.names = names;
+            for (id, name) in group_names {
+                if let Some(slot) = self.slots.get_mut(&id)
+                    && slot.name.is_empty()
+                {
+                    slot.name = name;
+                }
+            }
+        }
+        let Some(me) = self
+            .catalog()
+            .and_then(|c| c.node(&self.name))
+            .map(|n| n.id)
+        else {
+            return;
+        };
+        self.node_id = Some(me);
+        let catalog = self.catalog().expect("checked above");
+        let missing: Vec<GroupEntry> = catalog
+            .groups()
+            .filter(|g| g.state == GroupState::Active && !self.slots.contains_key(&g.id))
+            .filter(|g| g.initial_members.iter().any(|m| m.node.0 == me))
+            .cloned()
+            .collect();
+        for entry in missing {
+            let id = *entry
+                .initial_members
+                .iter()
+                .find(|m| m.node.0 == me)
+                .expect("member here");
+            let initial = Configuration::new(entry.initial_members.iter().copied());
+            let desired_leader = entry.initial_members[0] == id;
+            if let Err(e) =
+                self.create_replica(entry.id, id, &entry.kind, initial, entry.name.clone())
+            {
+                error!(node = %self.name, group = %entry.id, error = %e, "cannot host group placed on this node");
+                continue;
+            }
+            if desired_leader {
+                // The desired leader campaigns soon rather than waiting out a timeout; at once if
+                // it is the only member.
+                if entry.initial_members.len() == 1 {
+                    self.slots
+                        .get_mut(&entry.id)
+                        .expect("just created")
+                        .replica
+                        .campaign();
+                } else {
+                    self.pending_campaigns
+                        .push((entry.id, self.ticks + CAMPAIGN_DELAY_TICKS));
+                }
+            }
+        }
+    }
+
+    /// Gathers every Ready into one storage batch.
+    fn flush(&mut self) {
+        self.drain_catalog_queue();
+        if self.batches.len() >= BATCHES_IN_FLIGHT_MAX {
+            return;
+        }
+        let mut batch = WriteBatch::new();
+        for w in self.extra_writes.drain(..) {
+            batch.push(w);
+        }
+        let mut stashes = Vec::new();
+        let dirty: Vec<GroupId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for g in dirty {
+            let Some(slot) = self.slots.get_mut(&g) else {
+                continue;
+            };
+            if !slot.replica.has_ready() {
+                if slot.replica.is_quiesced() {
+                    self.awake.remove(&g);
+                }
+                continue;
+            }
+            let mut rd: Ready = slot.replica.take_ready();
+            if let Some(ss) = rd.soft_state
+                && let Some(net) = &self.net
+                && !slot.name.is_empty()
+            {
+                match ss.leader.and_then(|l| self.names.get(&l.node.0)) {
+                    Some(leader) => {
+                        net.leader_cache.insert(slot.name.clone(), leader.clone());
+                    }
+                    None => {
+                        net.leader_cache.remove(&slot.name);
+                    }
+                }
+                if ss.role == Role::Leader {
+                    metrics::counter!("fleet_elections_won_total").increment(1);
+                }
+            }
+            let messages = std::mem::take(&mut rd.messages);
+            let must_persist = rd.must_persist();
+            let snapshot = rd.snapshot.clone();
+            if must_persist {
+                batch.push(GroupWrite::take_from_ready(g, &mut rd));
+            }
+            stashes.push(Stash {
+                group: g,
+                number: rd.number,
+                must_persist,
+                after: std::mem::take(&mut rd.messages_after_persist),
+                snapshot,
+                committed: std::mem::take(&mut rd.committed_entries),
+                reads: std::mem::take(&mut rd.read_states),
+            });
+            if slot.replica.is_quiesced() {
+                self.awake.remove(&g);
+            }
+            for m in messages {
+                self.queue_message(g, m);
+            }
+        }
+        self.send_outbox();
+        if batch.groups.is_empty() && stashes.is_empty() {
+            return;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let durable = batch.groups.is_empty();
+        self.batches.push_back(Batch {
+            id,
+            durable,
+            stashes,
+        });
+        if !durable {
+            let ticket = match self.store.try_submit(batch) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.fail(format!("cannot submit a write: {e}"));
+                    return;
+                }
+            };
+            let tx = self.done_tx.clone();
+            tokio::spawn(async move {
+                let result = ticket.await.map_err(FleetError::from);
+                let _ = tx.send((id, result));
+            });
+        } else {
+            self.complete_batches();
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        error!(node = %self.name, error = %why, "storage failed; stopping the node (nothing more is acknowledged)");
+        self.failed = Some(why);
+    }
+
+    fn write_done(&mut self, id: u64, result: Result<WriteOutcome, FleetError>) {
+        if let Err(e) = result {
+            self.fail(e.to_string());
+            return;
+        }
+        if let Some(b) = self.batches.iter_mut().find(|b| b.id == id) {
+            b.durable = true;
+        }
+        self.complete_batches();
+    }
+
+    /// Finishes the durable batches at the front, in order.
+    fn complete_batches(&mut self) {
+        while self.batches.front().is_some_and(|b| b.durable) {
+            let batch = self.batches.pop_front().expect("front");
+            for stash in batch.stashes {
+                self.complete(stash);
+            }
+        }
+        self.send_outbox();
+    }
+
+    fn complete(&mut self, stash: Stash) {
+        let g = stash.group;
+        if !self.slots.contains_key(&g) {
+            return;
+        }
+        for m in stash.after {
+            self.queue_message(g, m);
+        }
+        let Some(slot) = self.slots.get_mut(&g) else {
+            return;
+        };
+        if stash.must_persist {
+            slot.replica.persisted(stash.number);
+        }
+        if let Some(snap) = stash.snapshot {
+            match self.machine_for_snapshot(g, &snap) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.stop_group(g, format!("snapshot from the leader does not restore: {e}"));
+                    return;
+                }
+            }
+        }
+        let mut catalog_changed = false;
+        let mut last_applied = None;
+        for entry in &stash.committed {
+            let slot = self.slots.get_mut(&g).expect("hosted");
+            if slot.stopped.is_some() {
+                break;
+            }
+            let applied = match slot.machine.apply(entry) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.stop_group(g, reason);
+                    return;
+                }
+            };
+            last_applied = Some(entry.index);
+            if g == META_GROUP {
+                catalog_changed = true;
+                answer_catalog(slot, entry, &applied);
+            } else {
+                answer_waiter(slot, entry, applied);
+            }
+        }
+        let slot = self.slots.get_mut(&g).expect("hosted");
+        if let Some(index) = last_applied {
+            slot.replica.applied(index);
+        }
+        for r in stash.reads {
+            if let Some(w) = slot.reads.get_mut(&r.ctx) {
+                w.index = Some(r.index);
+            }
+        }
+        answer_reads(slot);
+        self.maybe_snapshot(g);
+        if catalog_changed {
+            self.reconcile_hosting();
+        }
+        self.dirty.insert(g);
+    }
+
+    fn machine_for_snapshot(&mut self, g: GroupId, snap: &Snapshot) -> Result<(), FleetError> {
+        let slot = self.slots.get(&g).expect("hosted");
+        let kind = slot.machine.kind().to_string();
+        let machine = self.machine(&kind, Some(&snap.data))?;
+        let slot = self.slots.get_mut(&g).expect("hosted");
+        slot.machine = machine;
+        slot.replica.snapshot_installed(snap.meta.index);
+        Ok(())
+    }
+
+    fn stop_group(&mut self, g: GroupId, reason: String) {
+        error!(node = %self.name, group = %g, %reason, "group stopped on this node; other groups keep running");
+        let Some(slot) = self.slots.get_mut(&g) else {
+            return;
+        };
+        let name = slot.name.clone();
+        slot.stopped = Some(reason.clone());
+        for (_, w) in std::mem::take(&mut slot.waiters) {
+            let _ = w.reply.send(Err(FleetError::GroupStopped {
+                group: name.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        for (_, r) in std::mem::take(&mut slot.reads) {
+            let _ = r.reply.send(Err(FleetError::GroupStopped {
+                group: name.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        self.awake.remove(&g);
+    }
+
+    fn maybe_snapshot(&mut self, g: GroupId) {
+        let every = self.settings.snapshot_every_entries;
+        let slot = self.slots.get_mut(&g).expect("hosted");
+        let applied = slot.machine.applied();
+        if every == 0
+            || applied < slot.replica.snapshot_meta().index + every
+            || applied != slot.replica.applied_index()
+        {
+            return;
+        }
+        let data = slot.machine.snapshot();
+        match slot.replica.compact(applied, data.clone()) {
+            Ok(meta) => {
+                let mut write = GroupWrite::new(g);
+                write.snapshot = Some(Snapshot { meta, data });
+                self.extra_writes.push(write);
+            }
+            Err(e) => warn!(node = %self.name, group = %g, error = %e, "snapshot skipped"),
+        }
+    }
+}
+
+/// How often the meta leader checks the meta group's membership, in ticks.
+const META_RECONCILE_TICKS: u64 = 5;
+/// Voters of the meta group, at most (every other node is a learner).
+const META_VOTERS_MAX: usize = 5;
+/// Ticks a new group's desired leader waits before campaigning, so the other members have
+/// applied the catalog entry and created their replicas.
+const CAMPAIGN_DELAY_TICKS: u64 = 3;
+
+/// Bound on catalog commands waiting for the meta group.
+const CATALOG_QUEUE_MAX: usize = 65_536;
+
+fn answer_catalog(slot: &mut Slot, entry: &Entry, applied: &Applied) {
+    let Some((term, reply)) = slot.catalog_waiters.remove(&entry.index) else {
+        return;
+    };
+    let result = match applied {
+        Applied::Command {
+            result: Ok(bytes), ..
+        } if term == entry.term => postcard::from_bytes::<CatalogOutput>(bytes)
+            .map_err(|e| FleetError::Codec(e.to_string())),
+        Applied::Command { result: Err(e), .. } => Err(FleetError::Session(e.clone())),
+        _ => Err(FleetError::NotLeader { leader: None }),
+    };
+    let _ = reply.send(result);
+}
+
+fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
+    let Some(w) = slot.waiters.remove(&entry.index) else {
+        return;
+    };
+    let result = match applied {
+        _ if w.term != entry.term => Err(FleetError::NotLeader { leader: None }),
+        Applied::Command {
+            result: Ok(bytes), ..
+        } => Ok(bytes),
+        Applied::Command { result: Err(e), .. } => Err(FleetError::Session(e)),
+        Applied::NotACommand => Err(FleetError::NotLeader { leader: None }),
+    };
+    let _ = w.reply.send(result);
+    // Proposals at lower indexes that were overwritten never come back: they were dropped.
+    let dropped: Vec<Index> = slot.waiters.range(..entry.index).map(|(i, _)| *i).collect();
+    for i in dropped {
+        if let Some(w) = slot.waiters.remove(&i) {
+            let _ = w.reply.send(Err(FleetError::NotLeader { leader: None }));
+        }
+    }
+}
+
+fn answer_reads(slot: &mut Slot) {
+    let applied = slot.machine.applied();
+    let ready: Vec<u64> = slot
+        .reads
+        .iter()
+        .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+        .map(|(ctx, _)| *ctx)
+        .collect();
+    for ctx in ready {
+        let r = slot.reads.remove(&ctx).expect("ready read");
+        let _ = r
+            .reply
+            .send(slot.machine.query(&r.query).map_err(FleetError::from));
+    }
+    if slot.replica.role() != Role::Leader {
+        // Reads of a leader that stepped down will never be confirmed; the caller retries.
+        for (_, r) in std::mem::take(&mut slot.reads) {
+            let _ = r.reply.send(Err(FleetError::NotLeader { leader: None }));
+        }
+    }
+}

@@ -1,0 +1,974 @@
+//! The fleet runtime: [`Fleet`], the library API of DESIGN.md section 1, and the node loop that
+//! drives every group hosted here.
+//!
+//! **Status:** this is the first increment of the runtime: one node, with the meta group and its
+//! catalog, groups created by name, commands (exactly-once through sessions) and linearizable or
+//! stale queries, durable storage with group commit and snapshots, and recovery on restart. The
+//! transport, joining nodes, forwarding through the leader cache and the admin endpoint come next;
+//! the loop is already shaped for them (messages leave through one outbox per destination node,
+//! and every group is addressed by its catalog id).
+//!
+//! # Decisions
+//!
+//! - One task drives every group: it ticks only the groups that are awake (a quiesced group costs
+//!   nothing per tick), steps the replicas that have work, gathers every `Ready` into **one**
+//!   storage batch (group commit), and, when the batch is durable, sends the messages that waited
+//!   for it and applies committed entries. The next batch is gathered while one is being written.
+//! - A command that does not decode as its group's command type is refused before it is proposed,
+//!   so it never reaches the log. A state machine that panics stops its group on this node (with
+//!   an error naming the group and the index); other groups keep running.
+//! - The founding node's meta replica is `ReplicaId(1, 0)`: the catalog gives the first node id 1.
+
+mod driver;
+mod rpc;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleet_core::{SessionConfig, SessionError, SessionRef, StateMachine};
+use tokio::sync::{mpsc, oneshot};
+
+use dashmap::DashMap;
+
+use crate::catalog::{CatalogCommand, CatalogError, CatalogOutput, GroupEntry, NodeEntry};
+use crate::registry::{MachineError, Registry};
+use crate::storage::StorageError;
+use crate::transport::{ClientConnection, PeerAddr, Tls, Transport, TransportConfig};
+
+pub use driver::{GroupStatus, NodeStatus, Status};
+
+/// The settings of a node. Every bound ends in `_max`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// One tick of the Raft clock.
+    pub tick: Duration,
+    /// The lower end of the randomized election timeout, in ticks.
+    pub election_timeout_ticks: u32,
+    /// Ticks between heartbeats.
+    pub heartbeat_interval_ticks: u32,
+    /// Idle ticks before a group quiesces (0: never).
+    pub quiesce_after_ticks: u32,
+    /// How long a command or query may take, retries included.
+    pub request_timeout: Duration,
+    /// Requests queued for the node loop; beyond it callers get `Busy`.
+    pub requests_queued_max: usize,
+    /// Proposals waiting to be applied in one group; beyond it callers get `Busy`.
+    pub proposals_per_group_max: usize,
+    /// Entries applied since the last snapshot before a group snapshots and compacts its log.
+    pub snapshot_every_entries: u64,
+    /// Client session bounds of every state machine.
+    pub sessions: SessionConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tick: Duration::from_millis(10),
+            election_timeout_ticks: 100,
+            heartbeat_interval_ticks: 10,
+            quiesce_after_ticks: 20,
+            request_timeout: Duration::from_secs(10),
+            requests_queued_max: 65_536,
+            proposals_per_group_max: 4_096,
+            snapshot_every_entries: 10_000,
+            sessions: SessionConfig::default(),
+        }
+    }
+}
+
+/// What went wrong with a fleet request. Messages say what happened and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// No group has this name.
+    #[error(
+        "no consensus group named {0:?}; create it with add_consensus_group or list_groups to see which exist"
+    )]
+    NoSuchGroup(String),
+    /// The state machine kind is not registered on this node.
+    #[error(
+        "state machine kind {0:?} is not registered on this node; register it with FleetBuilder::register"
+    )]
+    UnknownKind(String),
+    /// The catalog refused the change.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The request's bytes do not fit the group's state machine.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The session table refused the command.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The group is stopped on this node (its state machine panicked).
+    #[error("group {group:?} is stopped on this node: {reason}")]
+    GroupStopped {
+        /// The group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// Too much is queued; slow down and retry.
+    #[error("node is busy: {0}; slow down and retry")]
+    Busy(String),
+    /// The request did not complete in time.
+    #[error(
+        "request to group {group:?} did not complete within {timeout:?}; the group may have lost its quorum (see status)"
+    )]
+    Timeout {
+        /// The group.
+        group: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+    /// The node has not activated yet.
+    #[error("the node is not active in the fleet; call activate(zone) first")]
+    NotActive,
+    /// Storage failed; the node has stopped.
+    #[error("storage failed, the node stopped: {0}")]
+    Storage(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+    /// A value could not be encoded or decoded.
+    #[error("cannot encode or decode a value: {0}")]
+    Codec(String),
+    /// Invalid settings or arguments.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// This node does not lead the group; the runtime retries these until the deadline, at the
+    /// hinted node if there is one.
+    #[error("this node does not lead the group{}; retry", match .leader { Some(l) => format!(" (the leader is {l})"), None => String::new() })]
+    NotLeader {
+        /// The node believed to lead it.
+        leader: Option<String>,
+    },
+    /// Another node could not be reached.
+    #[error("cannot reach node {node}: {reason}")]
+    Unreachable {
+        /// The node.
+        node: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl From<StorageError> for FleetError {
+    fn from(e: StorageError) -> Self {
+        FleetError::Storage(e.to_string())
+    }
+}
+
+/// A request to the node loop.
+pub(crate) enum Request {
+    Activate {
+        zone: String,
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
+    CreateGroup {
+        name: String,
+        size: usize,
+        kind: String,
+        reply: oneshot::Sender<Result<GroupEntry, FleetError>>,
+    },
+    RemoveGroup {
+        name: String,
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
+    Command {
+        group: String,
+        data: Bytes,
+        session: Option<SessionRef>,
+        reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    },
+    Query {
+        group: String,
+        data: Bytes,
+        linearizable: bool,
+        reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    /// The join handshake gave this node its id: create the meta replica and wait for the catalog.
+    Joined {
+        node_id: u64,
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
+    /// Answers once the named group serves on this node.
+    AwaitServing {
+        group: String,
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
+    /// A catalog change (from `Rpc::Catalog` or a joining node).
+    Catalog {
+        cmd: crate::catalog::CatalogCommand,
+        reply: oneshot::Sender<Result<crate::catalog::CatalogOutput, FleetError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
+}
+
+/// Registers one state machine kind into a node's registry.
+type KindRegistration = Box<dyn FnOnce(&mut Registry) + Send>;
+
+/// Builds and starts a [`Fleet`] node.
+pub struct FleetBuilder {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    advertise: Option<String>,
+    tls: Option<crate::transport::Tls>,
+    join: Vec<String>,
+    transport: crate::transport::TransportConfig,
+    settings: Settings,
+    kinds: Vec<KindRegistration>,
+}
+
+impl std::fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("name", &self.name)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetBuilder {
+    /// The node's stable name (bound to its certificate once the transport is wired in).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Where the node keeps its database and snapshots.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The UDP address the node listens on for peers and clients (QUIC). Port 0 picks one.
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The address peers dial to reach this node (`host:port`); defaults to the bound address.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The cluster CA and this node's certificate and key (see `Tls::from_dir`). Without TLS the
+    /// node runs alone, with no transport (tests and embedded use).
+    pub fn tls(mut self, tls: crate::transport::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Addresses (`host:port`) of existing nodes to join through; none for the first node.
+    pub fn join<I, A>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        self.join = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Limits of the transport.
+    pub fn transport_config(mut self, config: crate::transport::TransportConfig) -> Self {
+        self.transport = config;
+        self
+    }
+
+    /// Tick, timeouts and limits.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Registers a state machine kind this node can host.
+    pub fn register<S: StateMachine>(mut self, kind: &str) -> Self {
+        let kind = kind.to_string();
+        self.kinds
+            .push(Box::new(move |r: &mut Registry| r.register::<S>(&kind)));
+        self
+    }
+
+    /// Opens storage, recovers every hosted group and starts the node loop.
+    pub async fn start(self) -> Result<Fleet, FleetError> {
+        let name = self.name.ok_or(FleetError::Config(
+            "a node needs a name (FleetBuilder::name)".into(),
+        ))?;
+        let data_dir = self.data_dir.ok_or(FleetError::Config(
+            "a node needs a data directory (FleetBuilder::data_dir)".into(),
+        ))?;
+        if self.settings.election_timeout_ticks <= 2 * self.settings.heartbeat_interval_ticks {
+            return Err(FleetError::Config(
+                "election_timeout_ticks must exceed twice heartbeat_interval_ticks".into(),
+            ));
+        }
+        let mut registry = Registry::new(self.settings.sessions);
+        for k in self.kinds {
+            k(&mut registry);
+        }
+        if registry.contains(driver::META_KIND) {
+            return Err(FleetError::Config(format!(
+                "the kind {:?} is reserved for the catalog",
+                driver::META_KIND
+            )));
+        }
+        let (tx, rx) = mpsc::channel(self.settings.requests_queued_max);
+        let leader_cache: Arc<DashMap<String, String>> = Arc::new(DashMap::new());
+        let (net, requests, tls, transport_config) = match self.tls {
+            None => (None, None, None, self.transport),
+            Some(tls) => {
+                if tls.identity().name != name {
+                    return Err(FleetError::Config(format!(
+                        "the certificate names node {:?} but this node is {name:?}; use the node's own certificate",
+                        tls.identity().name
+                    )));
+                }
+                let mut config = self.transport.clone();
+                if let Some(listen) = self.listen {
+                    config.listen = listen;
+                }
+                let directory = Arc::new(rpc::Directory::default());
+                let (transport, inbound) = Transport::<fleet_core::Message>::bind(
+                    config.clone(),
+                    tls.clone(),
+                    directory.clone(),
+                )
+                .await
+                .map_err(|e| FleetError::Config(format!("cannot start the transport: {e}")))?;
+                let advertise = self
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| transport.local_addr().to_string());
+                let (net, requests) = driver::Net::new(
+                    transport,
+                    inbound,
+                    directory,
+                    leader_cache.clone(),
+                    advertise,
+                );
+                (Some(net), Some(requests), Some(tls), config)
+            }
+        };
+        let transport = net.as_ref().map(|n| n.transport.clone());
+        let advertise = net.as_ref().map(|n| n.advertise.clone());
+        let directory = net.as_ref().map(|n| n.directory.clone());
+        let settings = self.settings.clone();
+        let handle = tokio::task::spawn_blocking({
+            let name = name.clone();
+            move || driver::Driver::open(name, data_dir, settings, registry, net)
+        })
+        .await
+        .map_err(|e| FleetError::Storage(format!("opening storage panicked: {e}")))??;
+        let task = tokio::spawn(handle.run(rx));
+        let fleet = Fleet {
+            inner: Arc::new(Inner {
+                name,
+                tx,
+                settings: self.settings,
+                client_id: client_id(),
+                sessions: std::sync::Mutex::new(HashMap::new()),
+                task: std::sync::Mutex::new(Some(task)),
+                transport,
+                tls,
+                transport_config,
+                join: self.join,
+                advertise,
+                directory,
+                leader_cache,
+            }),
+        };
+        if let Some(requests) = requests {
+            tokio::spawn(serve_requests(fleet.clone(), requests));
+        }
+        Ok(fleet)
+    }
+}
+
+/// A client id unique with overwhelming probability: clock and address entropy, hashed.
+fn client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// A client's sequence numbers with one group.
+#[derive(Default)]
+struct ClientSession {
+    next_seq: u64,
+    /// The group has answered one of this session's commands, so it holds the session. Until
+    /// then `first_unacked` stays 1: a group that does not know the client and sees a higher
+    /// one concludes that the session expired.
+    established: bool,
+    /// Sequence numbers in flight, for `first_unacked`.
+    inflight: BTreeSet<u64>,
+}
+
+struct Inner {
+    name: String,
+    tx: mpsc::Sender<Request>,
+    settings: Settings,
+    client_id: u64,
+    /// This handle's session with each group it commanded: sessions are per group, since each
+    /// group keeps its own session table.
+    sessions: std::sync::Mutex<HashMap<String, ClientSession>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    transport: Option<Transport<fleet_core::Message>>,
+    tls: Option<Tls>,
+    transport_config: TransportConfig,
+    join: Vec<String>,
+    advertise: Option<String>,
+    directory: Option<Arc<rpc::Directory>>,
+    /// Group name -> node believed to lead it.
+    leader_cache: Arc<DashMap<String, String>>,
+}
+
+/// Requests that other nodes send this one: each is handled on this node only (never forwarded
+/// again), so a stale leader cache costs one redirect, never a loop.
+async fn serve_requests(
+    fleet: Fleet,
+    mut requests: mpsc::Receiver<crate::transport::InboundRequest>,
+) {
+    while let Some(req) = requests.recv().await {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let answer: Bytes = match rpc::decode::<rpc::Rpc>(&req.body) {
+                Err(e) => rpc::encode(&Err::<(), _>(e)),
+                Ok(rpc::Rpc::Join {
+                    name,
+                    address,
+                    zone,
+                }) => {
+                    let cmd = CatalogCommand::RegisterNode {
+                        name,
+                        address,
+                        zone,
+                    };
+                    rpc::encode(
+                        &fleet
+                            .call(|reply| Request::Catalog { cmd, reply })
+                            .await
+                            .and_then(|r| r),
+                    )
+                }
+                Ok(rpc::Rpc::Catalog { cmd }) => rpc::encode(
+                    &fleet
+                        .call(|reply| Request::Catalog { cmd, reply })
+                        .await
+                        .and_then(|r| r),
+                ),
+                Ok(rpc::Rpc::Command {
+                    group,
+                    data,
+                    session,
+                }) => {
+                    let r = fleet
+                        .call(|reply| Request::Command {
+                            group,
+                            data,
+                            session,
+                            reply,
+                        })
+                        .await
+                        .and_then(|r| r);
+                    rpc::encode(&r)
+                }
+                Ok(rpc::Rpc::Query {
+                    group,
+                    data,
+                    linearizable,
+                }) => {
+                    let r = fleet
+                        .call(|reply| Request::Query {
+                            group,
+                            data,
+                            linearizable,
+                            reply,
+                        })
+                        .await
+                        .and_then(|r| r);
+                    rpc::encode(&r)
+                }
+                Ok(rpc::Rpc::AwaitServing { group }) => {
+                    let r = fleet
+                        .call(|reply| Request::AwaitServing { group, reply })
+                        .await
+                        .and_then(|r| r);
+                    rpc::encode(&r)
+                }
+            };
+            let _ = req.responder.respond(&answer).await;
+        });
+    }
+}
+
+/// A node of the fleet: the library API (DESIGN.md section 1).
+///
+/// ```
+/// # tokio_test();
+/// # fn tokio_test() {
+/// # let rt = tokio::runtime::Runtime::new().unwrap();
+/// # rt.block_on(async {
+/// use fleet_core::kv::{KvCommand, KvOutput, KvQuery, KvStore};
+/// use fleet_node::runtime::Fleet;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let fleet = Fleet::builder().name("n1").data_dir(dir.path()).register::<KvStore>("kv").start().await?;
+/// fleet.activate("zone-a").await?;
+/// fleet.add_consensus_group("users", 3, "kv").await?;
+/// let put = KvCommand::Put { key: "alice".into(), value: "admin".into() };
+/// fleet.command::<KvStore>("users", put).await?;
+/// let got = fleet.query::<KvStore>("users", KvQuery::Get { key: "alice".into() }).await?;
+/// assert_eq!(got, KvOutput::Value(Some("admin".into())));
+/// fleet.shutdown().await?;
+/// # Ok::<(), fleet_node::runtime::FleetError>(())
+/// # }).unwrap();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to wait between retries of a request that found no leader.
+const RETRY_DELAY: Duration = Duration::from_millis(5);
+/// How long to wait between rounds of join attempts.
+const JOIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+impl Fleet {
+    /// Starts building a node.
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder {
+            name: None,
+            data_dir: None,
+            listen: None,
+            advertise: None,
+            tls: None,
+            join: Vec::new(),
+            transport: crate::transport::TransportConfig::default(),
+            settings: Settings::default(),
+            kinds: Vec::new(),
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, FleetError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.tx.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                FleetError::Busy("the node's request queue is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => FleetError::Shutdown,
+        })?;
+        rx.await.map_err(|_| FleetError::Shutdown)
+    }
+
+    /// Makes this node a member of the fleet in `zone`. The first node (no `join` addresses)
+    /// founds the fleet; the others join through any node they are given, and return once the
+    /// replicated catalog lists them.
+    pub async fn activate(&self, zone: &str) -> Result<(), FleetError> {
+        let known = self
+            .status()
+            .await?
+            .nodes
+            .iter()
+            .any(|n| n.entry.name == self.inner.name);
+        if self.inner.join.is_empty() || known || self.has_meta().await? {
+            let zone = zone.to_string();
+            return self.call(|reply| Request::Activate { zone, reply }).await?;
+        }
+        let node_id = self.join(zone).await?;
+        self.call(|reply| Request::Joined { node_id, reply })
+            .await?
+    }
+
+    async fn has_meta(&self) -> Result<bool, FleetError> {
+        Ok(!self.status().await?.nodes.is_empty())
+    }
+
+    /// Asks the join addresses, one after the other until the deadline, to register this node.
+    async fn join(&self, zone: &str) -> Result<u64, FleetError> {
+        let (Some(tls), Some(advertise)) = (&self.inner.tls, &self.inner.advertise) else {
+            return Err(FleetError::Config(
+                "joining needs TLS (FleetBuilder::tls)".into(),
+            ));
+        };
+        let rpc = rpc::Rpc::Join {
+            name: self.inner.name.clone(),
+            address: advertise.clone(),
+            zone: zone.to_string(),
+        };
+        let body = rpc::encode(&rpc);
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let mut last_error = FleetError::Config("no join address given".into());
+        while Instant::now() < deadline {
+            for addr in &self.inner.join {
+                let peer: PeerAddr = addr
+                    .parse()
+                    .map_err(|e| FleetError::Config(format!("join address {addr:?}: {e}")))?;
+                let result = async {
+                    // Learn the node's name from its certificate, then ask through this node's
+                    // own transport (a node connection that is not a peer link carries no requests).
+                    let conn =
+                        ClientConnection::connect(tls, &peer, &self.inner.transport_config).await?;
+                    let name = conn.server().name.clone();
+                    conn.close().await;
+                    if let Some(directory) = &self.inner.directory {
+                        directory.insert(&name, peer.clone());
+                    }
+                    let transport = self
+                        .inner
+                        .transport
+                        .as_ref()
+                        .expect("tls implies a transport");
+                    transport.request(&name, &body).await
+                }
+                .await;
+                match result.map_err(|e| FleetError::Unreachable {
+                    node: addr.clone(),
+                    reason: e.to_string(),
+                }) {
+                    Ok(bytes) => match rpc::decode::<Result<CatalogOutput, FleetError>>(&bytes)? {
+                        Ok(CatalogOutput::NodeRegistered { id }) => return Ok(id),
+                        Ok(CatalogOutput::Refused(e)) => return Err(e.into()),
+                        Ok(other) => {
+                            return Err(FleetError::Codec(format!(
+                                "unexpected join answer {other:?}"
+                            )));
+                        }
+                        Err(e) => last_error = e,
+                    },
+                    Err(e) => last_error = e,
+                }
+            }
+            tokio::time::sleep(JOIN_RETRY_DELAY).await;
+        }
+        Err(last_error)
+    }
+
+    /// Marks this node as leaving. Draining its members elsewhere comes with elasticity; today it
+    /// only records the state.
+    pub async fn deactivate(&self) -> Result<(), FleetError> {
+        Err(FleetError::Config(
+            "deactivate needs more than one node to drain to; it arrives with the elasticity work"
+                .into(),
+        ))
+    }
+
+    /// Creates a group of `size` voters running state machine `kind`, placed over the active
+    /// nodes. Returns once the group has a leader and serves.
+    pub async fn add_consensus_group(
+        &self,
+        name: &str,
+        size: usize,
+        kind: &str,
+    ) -> Result<GroupEntry, FleetError> {
+        let (group, kind) = (name.to_string(), kind.to_string());
+        let entry = self
+            .call(|reply| Request::CreateGroup {
+                name: group,
+                size,
+                kind,
+                reply,
+            })
+            .await??;
+        // Wait until it serves: at its desired leader, which campaigns first.
+        let desired = entry.initial_members[0].node.0;
+        let status = self.status().await?;
+        let leader = status
+            .nodes
+            .iter()
+            .find(|n| n.entry.id == desired)
+            .map(|n| n.entry.name.clone());
+        match (leader, &self.inner.transport) {
+            (Some(leader), Some(transport)) if leader != self.inner.name => {
+                let body = rpc::encode(&rpc::Rpc::AwaitServing {
+                    group: name.to_string(),
+                });
+                let bytes = transport.request(&leader, &body).await.map_err(|e| {
+                    FleetError::Unreachable {
+                        node: leader.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                rpc::decode::<Result<(), FleetError>>(&bytes)??;
+            }
+            _ => {
+                let group = name.to_string();
+                self.call(|reply| Request::AwaitServing { group, reply })
+                    .await??;
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Sends a request to the node believed to lead `group`, or handles it here.
+    async fn route(
+        &self,
+        group: &str,
+        local: impl Fn(oneshot::Sender<Result<Bytes, FleetError>>) -> Request,
+        remote: &rpc::Rpc,
+    ) -> Result<Bytes, FleetError> {
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let mut target = self.inner.leader_cache.get(group).map(|l| l.clone());
+        loop {
+            let result = match (&target, &self.inner.transport) {
+                (Some(node), Some(transport)) if *node != self.inner.name => {
+                    match transport.request(node, &rpc::encode(remote)).await {
+                        Ok(bytes) => {
+                            rpc::decode::<Result<Bytes, FleetError>>(&bytes).and_then(|r| r)
+                        }
+                        Err(e) => Err(FleetError::Unreachable {
+                            node: node.clone(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                _ => self.call(&local).await.and_then(|r| r),
+            };
+            match result {
+                Err(e @ (FleetError::NotLeader { .. } | FleetError::Unreachable { .. })) => {
+                    if Instant::now() >= deadline {
+                        tracing::debug!(group, error = %e, "request deadline passed");
+                        return Err(FleetError::Timeout {
+                            group: group.to_string(),
+                            timeout: self.inner.settings.request_timeout,
+                        });
+                    }
+                    let hint = match &e {
+                        FleetError::NotLeader { leader } => leader.clone(),
+                        _ => None,
+                    };
+                    match hint {
+                        Some(l) if Some(&l) != target.as_ref() => {
+                            self.inner.leader_cache.insert(group.to_string(), l.clone());
+                            target = Some(l);
+                        }
+                        _ => {
+                            self.inner.leader_cache.remove(group);
+                            target = None;
+                            tokio::time::sleep(RETRY_DELAY).await;
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Marks a group removed; its replicas stop serving. Groups are never removed by the system.
+    pub async fn remove_consensus_group(&self, name: &str) -> Result<(), FleetError> {
+        let name = name.to_string();
+        self.call(|reply| Request::RemoveGroup { name, reply })
+            .await?
+    }
+
+    /// Every group in the catalog.
+    pub async fn list_groups(&self) -> Result<Vec<GroupEntry>, FleetError> {
+        Ok(self
+            .status()
+            .await?
+            .groups
+            .into_iter()
+            .map(|g| g.entry)
+            .collect())
+    }
+
+    /// One group's status.
+    pub async fn group_status(&self, name: &str) -> Result<GroupStatus, FleetError> {
+        self.status()
+            .await?
+            .groups
+            .into_iter()
+            .find(|g| g.entry.name == name)
+            .ok_or(FleetError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Nodes and groups as this node sees them.
+    pub async fn status(&self) -> Result<Status, FleetError> {
+        self.call(|reply| Request::Status { reply }).await
+    }
+
+    /// Runs a command on a group, exactly once, and returns its output.
+    pub async fn command<S: StateMachine>(
+        &self,
+        group: &str,
+        cmd: S::Command,
+    ) -> Result<S::Output, FleetError> {
+        let data = postcard::to_stdvec(&cmd).map_err(|e| FleetError::Codec(e.to_string()))?;
+        let out = self.command_raw(group, Bytes::from(data)).await?;
+        postcard::from_bytes(&out).map_err(|e| FleetError::Codec(e.to_string()))
+    }
+
+    /// [`Fleet::command`] with the command already encoded (postcard), for clients in other
+    /// languages or processes.
+    pub async fn command_raw(&self, group: &str, data: Bytes) -> Result<Bytes, FleetError> {
+        let seq = {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            let s = sessions.entry(group.to_string()).or_default();
+            s.next_seq += 1;
+            s.inflight.insert(s.next_seq);
+            s.next_seq
+        };
+        let result = self.command_with_seq(group, data, seq).await;
+        if let Some(s) = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get_mut(group)
+        {
+            s.inflight.remove(&seq);
+            if matches!(result, Ok(_) | Err(FleetError::Session(_))) {
+                s.established = true;
+            }
+        }
+        result
+    }
+
+    async fn command_with_seq(
+        &self,
+        group: &str,
+        data: Bytes,
+        seq: u64,
+    ) -> Result<Bytes, FleetError> {
+        let first_unacked = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(group)
+            .map_or(1, |s| {
+                if s.established {
+                    s.inflight.first().copied().unwrap_or(seq)
+                } else {
+                    1
+                }
+            });
+        let session = Some(SessionRef {
+            client_id: self.inner.client_id,
+            seq,
+            first_unacked,
+        });
+        let remote = rpc::Rpc::Command {
+            group: group.to_string(),
+            data: data.clone(),
+            session,
+        };
+        self.route(
+            group,
+            |reply| Request::Command {
+                group: group.to_string(),
+                data: data.clone(),
+                session,
+                reply,
+            },
+            &remote,
+        )
+        .await
+    }
+
+    /// Runs a linearizable query (ReadIndex) on a group.
+    pub async fn query<S: StateMachine>(
+        &self,
+        group: &str,
+        q: S::Query,
+    ) -> Result<S::Output, FleetError> {
+        self.query_typed::<S>(group, q, true).await
+    }
+
+    /// Runs a query on this node's replica without asking the leader: fast, possibly stale.
+    pub async fn query_local<S: StateMachine>(
+        &self,
+        group: &str,
+        q: S::Query,
+    ) -> Result<S::Output, FleetError> {
+        self.query_typed::<S>(group, q, false).await
+    }
+
+    async fn query_typed<S: StateMachine>(
+        &self,
+        group: &str,
+        q: S::Query,
+        linearizable: bool,
+    ) -> Result<S::Output, FleetError> {
+        let data = postcard::to_stdvec(&q).map_err(|e| FleetError::Codec(e.to_string()))?;
+        let out = self
+            .query_raw(group, Bytes::from(data), linearizable)
+            .await?;
+        postcard::from_bytes(&out).map_err(|e| FleetError::Codec(e.to_string()))
+    }
+
+    /// A query already encoded (postcard). A stale (`linearizable = false`) query is answered
+    /// by this node's replica if it hosts the group, else by the leader.
+    pub async fn query_raw(
+        &self,
+        group: &str,
+        data: Bytes,
+        linearizable: bool,
+    ) -> Result<Bytes, FleetError> {
+        let remote = rpc::Rpc::Query {
+            group: group.to_string(),
+            data: data.clone(),
+            linearizable,
+        };
+        self.route(
+            group,
+            |reply| Request::Query {
+                group: group.to_string(),
+                data: data.clone(),
+                linearizable,
+                reply,
+            },
+            &remote,
+        )
+        .await
+    }
+
+    /// Stops the node: finishes the write in flight, closes storage.
+    pub async fn shutdown(&self) -> Result<(), FleetError> {
+        let result = self.call(|reply| Request::Shutdown { reply }).await;
+        let task = self.inner.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        match result {
+            Ok(r) => r,
+            Err(FleetError::Shutdown) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The catalog entries a status report lists.
+pub type Nodes = Vec<NodeEntry>;

@@ -1,1 +1,0 @@
-//! Durable storage: one redb database per node shared by every group (issue 4).

@@ -1,1 +1,0 @@
-//! Transport: QUIC with mutual TLS, one connection per node pair carrying every group (issue 5).

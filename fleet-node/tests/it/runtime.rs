@@ -1,0 +1,341 @@
+//! The fleet runtime on one node, with real storage: groups by name, commands and queries,
+//! restart, bad input, a panicking state machine.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleet_core::kv::{KvCommand, KvOutput, KvQuery, KvStore};
+use fleet_core::{SnapshotError, StateMachine};
+use fleet_node::catalog::CatalogError;
+use fleet_node::runtime::{Fleet, FleetError, Settings};
+use serde::{Deserialize, Serialize};
+
+/// A state machine that panics on a command of 13, to show poison stays in its group.
+struct Unlucky(u64);
+
+#[derive(Serialize, Deserialize)]
+struct Add(u64);
+
+impl StateMachine for Unlucky {
+    type Command = Add;
+    type Query = ();
+    type Output = u64;
+    fn new() -> Self {
+        Unlucky(0)
+    }
+    fn command(&mut self, Add(n): Add) -> u64 {
+        assert_ne!(n, 13, "unlucky number");
+        self.0 += n;
+        self.0
+    }
+    fn query(&self, _: &()) -> u64 {
+        self.0
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(b: &[u8]) -> Result<Self, SnapshotError> {
+        Ok(Unlucky(u64::from_le_bytes(
+            b.try_into()
+                .map_err(|_| SnapshotError("bad length".into()))?,
+        )))
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        tick: Duration::from_millis(2),
+        election_timeout_ticks: 10,
+        heartbeat_interval_ticks: 2,
+        quiesce_after_ticks: 5,
+        request_timeout: Duration::from_secs(10),
+        snapshot_every_entries: 50,
+        ..Settings::default()
+    }
+}
+
+async fn start(dir: &std::path::Path) -> Fleet {
+    Fleet::builder()
+        .name("n1")
+        .data_dir(dir)
+        .settings(settings())
+        .register::<KvStore>("kv")
+        .register::<Unlucky>("unlucky")
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: key.into(),
+        value: Bytes::from(value.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_by_name_serve_commands_and_queries_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start(dir.path()).await;
+    fleet.activate("zone-a").await.unwrap();
+    for i in 0..20 {
+        let entry = fleet
+            .add_consensus_group(&format!("g{i}"), 3, "kv")
+            .await
+            .unwrap();
+        assert_eq!(
+            entry.initial_members.len(),
+            1,
+            "one node: the group uses it alone"
+        );
+    }
+    // Enough writes to pass the snapshot threshold in some groups.
+    for i in 0..20 {
+        for j in 0..(if i == 0 { 120 } else { 3 }) {
+            fleet
+                .command::<KvStore>(
+                    &format!("g{i}"),
+                    put(&format!("k{j}"), &format!("v{i}.{j}")),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..20 {
+        let got = fleet
+            .query::<KvStore>(&format!("g{i}"), KvQuery::Get { key: "k2".into() })
+            .await
+            .unwrap();
+        assert_eq!(got, KvOutput::Value(Some(Bytes::from(format!("v{i}.2")))));
+    }
+    let stale = fleet
+        .query_local::<KvStore>("g0", KvQuery::Get { key: "k119".into() })
+        .await
+        .unwrap();
+    assert_eq!(stale, KvOutput::Value(Some(Bytes::from("v0.119"))));
+    let status = fleet.status().await.unwrap();
+    assert_eq!(status.groups.len(), 20);
+    assert!(status.groups.iter().all(|g| g.available), "{status:?}");
+    fleet.shutdown().await.unwrap();
+
+    let fleet = start(dir.path()).await;
+    for i in 0..20 {
+        let got = fleet
+            .query::<KvStore>(&format!("g{i}"), KvQuery::Get { key: "k1".into() })
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            KvOutput::Value(Some(Bytes::from(format!("v{i}.1")))),
+            "group g{i} after restart"
+        );
+    }
+    let got = fleet
+        .query::<KvStore>("g0", KvQuery::Get { key: "k119".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        KvOutput::Value(Some(Bytes::from("v0.119"))),
+        "entries past the snapshot survive"
+    );
+    fleet
+        .command::<KvStore>("g0", put("after", "restart"))
+        .await
+        .unwrap();
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start(dir.path()).await;
+    let early = fleet.add_consensus_group("g", 3, "kv").await.unwrap_err();
+    assert_eq!(early, FleetError::NotActive);
+    fleet.activate("z").await.unwrap();
+    fleet.add_consensus_group("g", 3, "kv").await.unwrap();
+    let taken = fleet.add_consensus_group("g", 3, "kv").await.unwrap_err();
+    assert_eq!(
+        taken,
+        FleetError::Catalog(CatalogError::GroupExists("g".into()))
+    );
+    let zero = fleet.add_consensus_group("h", 0, "kv").await.unwrap_err();
+    assert!(
+        matches!(
+            zero,
+            FleetError::Catalog(CatalogError::BadSize { size: 0, .. })
+        ),
+        "{zero}"
+    );
+    let kind = fleet.add_consensus_group("h", 3, "nope").await.unwrap_err();
+    assert_eq!(kind, FleetError::UnknownKind("nope".into()));
+    let missing = fleet
+        .command::<KvStore>("nope", put("a", "b"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing, FleetError::NoSuchGroup("nope".into()));
+    assert!(missing.to_string().contains("list_groups"), "{missing}");
+    let garbage = fleet
+        .command_raw("g", Bytes::from_static(b"\xff\xff\xff"))
+        .await
+        .unwrap_err();
+    assert!(matches!(garbage, FleetError::Machine(_)), "{garbage}");
+    // The malformed command never reached the log: the group's log holds only what is valid.
+    let before = fleet.group_status("g").await.unwrap().commit;
+    fleet.command::<KvStore>("g", put("a", "b")).await.unwrap();
+    let after = fleet.group_status("g").await.unwrap().commit;
+    assert_eq!(after, before + 1);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_only_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start(dir.path()).await;
+    fleet.activate("z").await.unwrap();
+    fleet
+        .add_consensus_group("bad", 1, "unlucky")
+        .await
+        .unwrap();
+    fleet.add_consensus_group("good", 1, "kv").await.unwrap();
+    assert_eq!(fleet.command::<Unlucky>("bad", Add(1)).await.unwrap(), 1);
+    let err = fleet.command::<Unlucky>("bad", Add(13)).await.unwrap_err();
+    let FleetError::GroupStopped { group, reason } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(group, "bad");
+    assert!(reason.contains("panicked applying index"), "{reason}");
+    let again = fleet.command::<Unlucky>("bad", Add(1)).await.unwrap_err();
+    assert!(matches!(again, FleetError::GroupStopped { .. }));
+    fleet
+        .command::<KvStore>("good", put("still", "fine"))
+        .await
+        .unwrap();
+    let status = fleet.group_status("bad").await.unwrap();
+    assert!(!status.available && status.stopped.is_some());
+    fleet.shutdown().await.unwrap();
+}
+
+mod cluster {
+    //! Three nodes in three zones on 127.0.0.1 with real QUIC and redb.
+
+    use super::*;
+    use fleet_node::transport::certs::{CertificateAuthority, Validity};
+    use fleet_node::transport::{IdentityKind, Tls};
+
+    pub struct Node {
+        pub fleet: Fleet,
+        /// Kept so the data directory lives as long as the node.
+        pub _dir: tempfile::TempDir,
+    }
+
+    pub fn tls_for(ca: &CertificateAuthority, name: &str) -> Tls {
+        ca.issue(
+            IdentityKind::Node,
+            name,
+            &["127.0.0.1".to_string()],
+            Validity::days_from_now(1),
+        )
+        .expect("issue node certificate")
+        .tls()
+        .expect("tls")
+    }
+
+    pub async fn start_node(
+        ca: &CertificateAuthority,
+        name: &str,
+        join: Vec<String>,
+        dir: tempfile::TempDir,
+    ) -> Node {
+        let fleet = Fleet::builder()
+            .name(name)
+            .data_dir(dir.path())
+            .settings(settings())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .tls(tls_for(ca, name))
+            .join(join)
+            .register::<KvStore>("kv")
+            .start()
+            .await
+            .expect("node starts");
+        Node { fleet, _dir: dir }
+    }
+
+    pub async fn three_nodes() -> (CertificateAuthority, Vec<Node>) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let ca =
+            CertificateAuthority::generate("test-cluster", Validity::days_from_now(1)).expect("ca");
+        let n1 = start_node(&ca, "n1", vec![], tempfile::tempdir().unwrap()).await;
+        n1.fleet.activate("zone-a").await.expect("n1 activates");
+        let addr = n1.fleet.status().await.unwrap().nodes[0]
+            .entry
+            .address
+            .clone();
+        let n2 = start_node(&ca, "n2", vec![addr.clone()], tempfile::tempdir().unwrap()).await;
+        n2.fleet.activate("zone-b").await.expect("n2 joins");
+        let n3 = start_node(&ca, "n3", vec![addr], tempfile::tempdir().unwrap()).await;
+        n3.fleet.activate("zone-c").await.expect("n3 joins");
+        (ca, vec![n1, n2, n3])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_agree_and_serve_from_any_node() {
+        let (_ca, nodes) = three_nodes().await;
+        for i in 0..30 {
+            let creator = &nodes[i % 3].fleet;
+            let entry = creator
+                .add_consensus_group(&format!("g{i}"), 3, "kv")
+                .await
+                .unwrap();
+            assert_eq!(entry.initial_members.len(), 3);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            for g in 0..30 {
+                let group = format!("g{g}");
+                node.fleet
+                    .command::<KvStore>(&group, put(&format!("from{i}"), &format!("{g}")))
+                    .await
+                    .unwrap();
+            }
+        }
+        for node in &nodes {
+            for g in 0..30 {
+                let got = node
+                    .fleet
+                    .query::<KvStore>(
+                        &format!("g{g}"),
+                        KvQuery::Get {
+                            key: "from2".into(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(got, KvOutput::Value(Some(Bytes::from(format!("{g}")))));
+            }
+        }
+        // Every node holds the same catalog.
+        let catalogs: Vec<Vec<_>> = futures_lite(&nodes).await;
+        assert_eq!(catalogs[0], catalogs[1]);
+        assert_eq!(catalogs[1], catalogs[2]);
+        for node in nodes {
+            node.fleet.shutdown().await.unwrap();
+        }
+    }
+
+    async fn futures_lite(nodes: &[Node]) -> Vec<Vec<(String, Vec<fleet_core::ReplicaId>)>> {
+        let mut out = Vec::new();
+        for n in nodes {
+            let groups = n.fleet.list_groups().await.unwrap();
+            out.push(
+                groups
+                    .into_iter()
+                    .map(|g| (g.name, g.initial_members))
+                    .collect(),
+            );
+        }
+        out
+    }
+}
