@@ -845,11 +845,13 @@ impl Driver {
             return;
         };
         if slot.replica.role() != Role::Leader {
-            if slot.replica.leader().is_none()
+            if slot.replica.role() == Role::Follower
+                && slot.replica.leader().is_none()
                 && slot.replica.config().voters.len() == 1
                 && slot.replica.is_promotable()
             {
-                // The only voter need not wait out an election timeout.
+                // The only voter need not wait out an election timeout (once: a campaign in
+                // progress waits for its own vote to be durable).
                 slot.replica.campaign();
                 self.dirty.insert(META_GROUP);
             }
@@ -946,7 +948,8 @@ impl Driver {
                 slot.waiters.insert(index, Waiter { term, reply });
             }
             Err(CoreError::NotLeader { .. }) | Err(CoreError::TransferInProgress { .. }) => {
-                if slot.replica.leader().is_none()
+                if slot.replica.role() == Role::Follower
+                    && slot.replica.leader().is_none()
                     && slot.replica.config().voters.len() == 1
                     && slot.replica.is_promotable()
                 {

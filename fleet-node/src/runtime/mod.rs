@@ -555,6 +555,9 @@ impl std::fmt::Debug for Fleet {
 
 /// How long to wait between retries of a request that found no leader.
 const RETRY_DELAY: Duration = Duration::from_millis(5);
+/// A forwarded request may take at most this fraction of the request timeout, so a dead node
+/// leaves time to retry elsewhere.
+const REMOTE_ATTEMPTS_MIN: u32 = 4;
 /// How long to wait between rounds of join attempts.
 const JOIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 
@@ -743,10 +746,37 @@ impl Fleet {
         let mut target = self.inner.leader_cache.get(group).map(|l| l.clone());
         loop {
             let result = match (&target, &self.inner.transport) {
+                (Some(node), Some(transport))
+                    if *node != self.inner.name && !transport.is_connected(node) =>
+                {
+                    // Not connected (its node loop keeps links to every live peer): don't wait
+                    // for a dial; ask locally, which redirects to a live leader.
+                    Err(FleetError::Unreachable {
+                        node: node.clone(),
+                        reason: "not connected".into(),
+                    })
+                }
                 (Some(node), Some(transport)) if *node != self.inner.name => {
-                    match transport.request(node, &rpc::encode(remote)).await {
+                    let body = rpc::encode(remote);
+                    let attempt = tokio::time::timeout(
+                        self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN,
+                        transport.request(node, &body),
+                    );
+                    match attempt.await.unwrap_or_else(|_| {
+                        Err(crate::transport::TransportError::Timeout {
+                            what: "a forwarded request",
+                            after: self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN,
+                        })
+                    }) {
                         Ok(bytes) => {
-                            rpc::decode::<Result<Bytes, FleetError>>(&bytes).and_then(|r| r)
+                            match rpc::decode::<Result<Bytes, FleetError>>(&bytes).and_then(|r| r) {
+                                // That node is stopping: ask another.
+                                Err(FleetError::Shutdown) => Err(FleetError::Unreachable {
+                                    node: node.clone(),
+                                    reason: "it is shutting down".into(),
+                                }),
+                                other => other,
+                            }
                         }
                         Err(e) => Err(FleetError::Unreachable {
                             node: node.clone(),
@@ -961,6 +991,9 @@ impl Fleet {
         let task = self.inner.task.lock().expect("task lock").take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+        if let Some(transport) = &self.inner.transport {
+            transport.shutdown().await;
         }
         match result {
             Ok(r) => r,

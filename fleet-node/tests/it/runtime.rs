@@ -281,19 +281,26 @@ mod cluster {
         (ca, vec![n1, n2, n3])
     }
 
+    fn size_of(g: usize) -> usize {
+        if g % 5 < 3 { 3 } else { 1 }
+    }
+
+    /// Three nodes in three zones: 100 groups created from every node; every node agrees on the
+    /// catalog and placement; commands and queries work from every node, including nodes that
+    /// host no member of the group (the size-1 groups).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_agree_and_serve_from_any_node() {
         let (_ca, nodes) = three_nodes().await;
-        for i in 0..30 {
-            let creator = &nodes[i % 3].fleet;
+        for g in 0..100 {
+            let creator = &nodes[g % 3].fleet;
             let entry = creator
-                .add_consensus_group(&format!("g{i}"), 3, "kv")
+                .add_consensus_group(&format!("g{g}"), size_of(g), "kv")
                 .await
                 .unwrap();
-            assert_eq!(entry.initial_members.len(), 3);
+            assert_eq!(entry.initial_members.len(), size_of(g));
         }
         for (i, node) in nodes.iter().enumerate() {
-            for g in 0..30 {
+            for g in 0..100 {
                 let group = format!("g{g}");
                 node.fleet
                     .command::<KvStore>(&group, put(&format!("from{i}"), &format!("{g}")))
@@ -302,7 +309,7 @@ mod cluster {
             }
         }
         for node in &nodes {
-            for g in 0..30 {
+            for g in 0..100 {
                 let got = node
                     .fleet
                     .query::<KvStore>(
@@ -316,16 +323,152 @@ mod cluster {
                 assert_eq!(got, KvOutput::Value(Some(Bytes::from(format!("{g}")))));
             }
         }
-        // Every node holds the same catalog.
-        let catalogs: Vec<Vec<_>> = futures_lite(&nodes).await;
+        // Every node holds the same catalog (names, ids, members: the same placement).
+        let catalogs = catalogs(&nodes).await;
         assert_eq!(catalogs[0], catalogs[1]);
         assert_eq!(catalogs[1], catalogs[2]);
+        assert_eq!(catalogs[0].len(), 100);
+        // Size-3 groups have one member per zone; the size-1 groups spread over the nodes.
+        let status = nodes[0].fleet.status().await.unwrap();
+        assert_eq!(status.nodes.len(), 3);
+        let hosts: std::collections::BTreeSet<u64> = status
+            .groups
+            .iter()
+            .filter(|g| g.entry.size == 1)
+            .map(|g| g.entry.initial_members[0].node.0)
+            .collect();
+        assert!(
+            hosts.len() >= 2,
+            "size-1 groups spread over nodes: {hosts:?}"
+        );
         for node in nodes {
             node.fleet.shutdown().await.unwrap();
         }
     }
 
-    async fn futures_lite(nodes: &[Node]) -> Vec<Vec<(String, Vec<fleet_core::ReplicaId>)>> {
+    /// A node restarts and finds its groups intact; a node stops and its groups elect new leaders
+    /// and keep serving; a command retried across the leader change is applied once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_survive_restarts_and_the_loss_of_a_node() {
+        let (ca, mut nodes) = three_nodes().await;
+        for g in 0..10 {
+            nodes[0]
+                .fleet
+                .add_consensus_group(&format!("g{g}"), 3, "kv")
+                .await
+                .unwrap();
+            nodes[0]
+                .fleet
+                .command::<KvStore>(&format!("g{g}"), put("k", "before"))
+                .await
+                .unwrap();
+        }
+        // Restart n2.
+        let addr = nodes[0].fleet.status().await.unwrap().nodes[0]
+            .entry
+            .address
+            .clone();
+        let n2 = nodes.remove(1);
+        n2.fleet.shutdown().await.unwrap();
+        let n2 = start_node(&ca, "n2", vec![addr.clone()], n2._dir).await;
+        n2.fleet.activate("zone-b").await.expect("n2 comes back");
+        for g in 0..10 {
+            let got = n2
+                .fleet
+                .query::<KvStore>(&format!("g{g}"), KvQuery::Get { key: "k".into() })
+                .await
+                .unwrap();
+            assert_eq!(got, KvOutput::Value(Some(Bytes::from("before"))));
+        }
+        nodes.insert(1, n2);
+        // Appends from n3 while n1 goes away: each element exactly once.
+        let writer = nodes[2].fleet.clone();
+        let appends = tokio::spawn(async move {
+            for i in 0..40u32 {
+                let cmd = KvCommand::Append {
+                    key: "list".into(),
+                    value: Bytes::from(format!("{i:03},")),
+                };
+                writer
+                    .command::<KvStore>("g0", cmd)
+                    .await
+                    .expect("append survives the failover");
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let n1 = nodes.remove(0);
+        n1.fleet.shutdown().await.unwrap();
+        appends.await.unwrap();
+        for g in 0..10 {
+            nodes[1]
+                .fleet
+                .command::<KvStore>(&format!("g{g}"), put("k", "after"))
+                .await
+                .expect("new leader serves");
+            let got = nodes[0]
+                .fleet
+                .query::<KvStore>(&format!("g{g}"), KvQuery::Get { key: "k".into() })
+                .await
+                .unwrap();
+            assert_eq!(got, KvOutput::Value(Some(Bytes::from("after"))));
+        }
+        let KvOutput::Value(Some(list)) = nodes[0]
+            .fleet
+            .query::<KvStore>("g0", KvQuery::Get { key: "list".into() })
+            .await
+            .unwrap()
+        else {
+            panic!("list missing");
+        };
+        let expected: String = (0..40u32).map(|i| format!("{i:03},")).collect();
+        assert_eq!(
+            String::from_utf8(list.to_vec()).unwrap(),
+            expected,
+            "every append exactly once, in order"
+        );
+        for node in nodes {
+            node.fleet.shutdown().await.unwrap();
+        }
+    }
+
+    /// A node holding another cluster's certificates cannot join.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_of_another_cluster_cannot_join() {
+        let ca =
+            CertificateAuthority::generate("test-cluster", Validity::days_from_now(1)).expect("ca");
+        let n1 = start_node(&ca, "n1", vec![], tempfile::tempdir().unwrap()).await;
+        n1.fleet.activate("zone-a").await.unwrap();
+        let addr = n1.fleet.status().await.unwrap().nodes[0]
+            .entry
+            .address
+            .clone();
+        let other = CertificateAuthority::generate("other-cluster", Validity::days_from_now(1))
+            .expect("ca");
+        let mut quick = settings();
+        quick.request_timeout = Duration::from_secs(2);
+        let intruder = Fleet::builder()
+            .name("evil")
+            .data_dir(tempfile::tempdir().unwrap().path())
+            .settings(quick)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .tls(tls_for(&other, "evil"))
+            .join([addr])
+            .register::<KvStore>("kv")
+            .start()
+            .await
+            .unwrap();
+        let err = intruder.activate("zone-x").await.unwrap_err();
+        assert!(matches!(err, FleetError::Unreachable { .. }), "{err}");
+        assert_eq!(
+            n1.fleet.status().await.unwrap().nodes.len(),
+            1,
+            "the catalog did not change"
+        );
+        intruder.shutdown().await.unwrap();
+        n1.fleet.shutdown().await.unwrap();
+    }
+
+    async fn catalogs(nodes: &[Node]) -> Vec<Vec<(String, Vec<fleet_core::ReplicaId>)>> {
         let mut out = Vec::new();
         for n in nodes {
             let groups = n.fleet.list_groups().await.unwrap();
