@@ -23,6 +23,7 @@ use super::{FleetError, Request, Settings};
 use crate::catalog::{
     Catalog, CatalogCommand, CatalogOutput, GroupEntry, GroupState, META_GROUP, NodeEntry,
 };
+use crate::metrics as m;
 use crate::registry::{HostedMachine, Registry, state_of};
 use crate::storage::{GroupWrite, RecoveredGroup, Store, StoreConfig, WriteBatch, WriteOutcome};
 use crate::transport::{Inbound, InboundFrame, Transport};
@@ -493,6 +494,9 @@ impl Driver {
         if self.ticks.is_multiple_of(META_RECONCILE_TICKS) {
             self.reconcile_meta_membership();
         }
+        if self.ticks.is_multiple_of(GAUGE_TICKS) {
+            self.record_gauges();
+        }
         self.answer_serving_waiters();
         let awake: Vec<GroupId> = self.awake.iter().copied().collect();
         for g in awake {
@@ -503,6 +507,23 @@ impl Driver {
             slot.replica.tick();
             self.dirty.insert(g);
         }
+    }
+
+    /// Gauges that need a pass over every hosted group: taken rarely.
+    fn record_gauges(&self) {
+        let leading = self
+            .slots
+            .values()
+            .filter(|s| s.replica.role() == Role::Leader)
+            .count();
+        let lag: u64 = self
+            .slots
+            .values()
+            .map(|s| s.replica.committed().saturating_sub(s.machine.applied()))
+            .sum();
+        metrics::gauge!(m::GROUPS_HOSTED).set(self.slots.len() as f64);
+        metrics::gauge!(m::GROUPS_LEADING).set(leading as f64);
+        metrics::gauge!(m::APPLY_LAG_ENTRIES).set(lag as f64);
     }
 
     /// Whether a group has a leader whose no-op of its term is committed (it serves).
@@ -944,6 +965,7 @@ impl Driver {
         }
         match slot.replica.propose(Command { session, data }) {
             Ok(index) => {
+                metrics::counter!(m::PROPOSALS_TOTAL).increment(1);
                 let term = slot.replica.term();
                 slot.waiters.insert(index, Waiter { term, reply });
             }
@@ -1050,7 +1072,11 @@ impl Driver {
         let nodes = catalog
             .nodes()
             .map(|n| NodeStatus {
-                reachable: n.name == self.name,
+                reachable: n.name == self.name
+                    || self
+                        .net
+                        .as_ref()
+                        .is_some_and(|net| net.transport.is_connected(&n.name)),
                 entry: n.clone(),
             })
             .collect();
@@ -1197,8 +1223,8 @@ impl Driver {
                         net.leader_cache.remove(&slot.name);
                     }
                 }
-                if ss.role == Role::Leader {
-                    metrics::counter!("fleet_elections_won_total").increment(1);
+                if ss.role == Role::Candidate {
+                    metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
                 }
             }
             let messages = std::mem::take(&mut rd.messages);
@@ -1236,6 +1262,7 @@ impl Driver {
             stashes,
         });
         if !durable {
+            let entries = batch.entry_count();
             let ticket = match self.store.try_submit(batch) {
                 Ok(t) => t,
                 Err(e) => {
@@ -1244,8 +1271,12 @@ impl Driver {
                 }
             };
             let tx = self.done_tx.clone();
+            metrics::histogram!(m::STORAGE_BATCH_ENTRIES).record(entries as f64);
+            let started = Instant::now();
             tokio::spawn(async move {
                 let result = ticket.await.map_err(FleetError::from);
+                metrics::histogram!(m::STORAGE_FSYNC_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
                 let _ = tx.send((id, result));
             });
         } else {
@@ -1329,6 +1360,7 @@ impl Driver {
         let slot = self.slots.get_mut(&g).expect("hosted");
         if let Some(index) = last_applied {
             slot.replica.applied(index);
+            metrics::counter!(m::ENTRIES_APPLIED_TOTAL).increment(stash.committed.len() as u64);
         }
         for r in stash.reads {
             if let Some(w) = slot.reads.get_mut(&r.ctx) {
@@ -1397,6 +1429,8 @@ impl Driver {
     }
 }
 
+/// How often the gauges that walk every group are taken, in ticks.
+const GAUGE_TICKS: u64 = 100;
 /// How often the meta leader checks the meta group's membership, in ticks.
 const META_RECONCILE_TICKS: u64 = 5;
 /// Voters of the meta group, at most (every other node is a learner).

@@ -1,23 +1,35 @@
 //! The fleet runtime: [`Fleet`], the library API of DESIGN.md section 1, and the node loop that
 //! drives every group hosted here.
 //!
-//! **Status:** this is the first increment of the runtime: one node, with the meta group and its
-//! catalog, groups created by name, commands (exactly-once through sessions) and linearizable or
-//! stale queries, durable storage with group commit and snapshots, and recovery on restart. The
-//! transport, joining nodes, forwarding through the leader cache and the admin endpoint come next;
-//! the loop is already shaped for them (messages leave through one outbox per destination node,
-//! and every group is addressed by its catalog id).
+//! **What works:** nodes found or join a fleet (`activate`), the meta group holds the catalog
+//! (up to five voters, every other node a learner, so each node reads the catalog locally),
+//! groups are created by name and placed by zone-aware rendezvous hashing, commands
+//! (exactly-once through sessions) and queries (linearizable by ReadIndex, or stale and local)
+//! work from any node through the leader cache, storage commits every group's writes in one
+//! batch, idle groups quiesce, node-level liveness wakes them when a leader's node goes silent,
+//! and everything recovers on restart. **Next:** members moving when nodes come and go
+//! (`deactivate`, dead nodes), several worker tasks, snapshots streamed on their own streams.
 //!
 //! # Decisions
 //!
 //! - One task drives every group: it ticks only the groups that are awake (a quiesced group costs
 //!   nothing per tick), steps the replicas that have work, gathers every `Ready` into **one**
-//!   storage batch (group commit), and, when the batch is durable, sends the messages that waited
-//!   for it and applies committed entries. The next batch is gathered while one is being written.
+//!   storage batch (group commit), sends one frame per destination node, and, when the batch is
+//!   durable, sends the messages that waited for it and applies committed entries. The next batch
+//!   is gathered while one is being written.
 //! - A command that does not decode as its group's command type is refused before it is proposed,
 //!   so it never reaches the log. A state machine that panics stops its group on this node (with
 //!   an error naming the group and the index); other groups keep running.
+//! - Admission is by certificate: any node holding a certificate of the cluster's CA may connect
+//!   and ask to join; the catalog is the only way into placement.
+//! - Client sessions are per group: each group keeps its own session table, so a `Fleet` handle
+//!   numbers its commands per group.
+//! - A request is handled by the node it is sent to, never forwarded again: the caller follows
+//!   `NotLeader` hints (and its leader cache) until its deadline, so a stale cache costs a
+//!   redirect, never a loop.
 //! - The founding node's meta replica is `ReplicaId(1, 0)`: the catalog gives the first node id 1.
+//! - A new group's desired leader campaigns a few ticks after creating its replica, so the other
+//!   members have applied the catalog entry and can vote.
 
 mod driver;
 mod rpc;
