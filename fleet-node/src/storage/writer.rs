@@ -335,16 +335,17 @@ impl Writer {
                 ));
             }
         }
+        // Old snapshot files go only now that their replacement's metadata is durable, and
+        // before the writes are reported durable, so a caller never sees both files.
+        for (group, path) in old_snapshots {
+            snapshot::remove_file_logged(group, &path);
+        }
         for (done, outcome) in outcomes {
             let _ = done.send(Ok(outcome));
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("fleet_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("fleet_storage_commits_total").increment(1);
-        // Old snapshot files go only now that their replacement's metadata is durable.
-        for (group, path) in old_snapshots {
-            snapshot::remove_file_logged(group, &path);
-        }
     }
 
     /// The error for requests refused because the store has failed.
