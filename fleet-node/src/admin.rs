@@ -76,9 +76,7 @@ const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 #[non_exhaustive]
 pub enum AdminError {
     /// The address could not be bound.
-    #[error(
-        "cannot listen on {addr} for the admin endpoint: {source}; choose another address (--admin)"
-    )]
+    #[error("cannot listen on {addr} for the admin endpoint (choose another address with --admin)")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -87,7 +85,7 @@ pub enum AdminError {
         source: io::Error,
     },
     /// The server stopped with an error.
-    #[error("the admin endpoint failed: {0}")]
+    #[error("the admin endpoint failed")]
     Serve(#[source] io::Error),
 }
 

@@ -32,15 +32,15 @@
 //!
 //! # Life
 //!
-//! `run` starts the node with the built-in `kv` state machine registered, activates it in its
-//! zone, serves the admin endpoint ([`crate::admin`]), and stops cleanly on SIGTERM or ctrl-c
+//! `run` starts the node with the built-in `kv` state machine registered, serves the admin
+//! endpoint ([`crate::admin`]; `/readyz` answers 503 until the node is active), activates the
+//! node in its zone, and stops cleanly on SIGTERM or ctrl-c
 //! (admin endpoint first, then the node: the write in flight finishes, storage closes) and
 //! returns `Ok`. A node loop that stops on its own (a failed fsync, for one) makes `run` return
 //! an error, so a supervisor restarts the process. Logs go to standard error; `RUST_LOG`
 //! filters them (default `info`).
 
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +48,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fleet_core::kv::KvStore;
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::admin::AdminServer;
 use crate::runtime::{Fleet, FleetError, Settings};
@@ -276,7 +276,7 @@ pub enum ConfigError {
         key: &'static str,
     },
     /// The file could not be read.
-    #[error("cannot read the config file {}: {source}", path.display())]
+    #[error("cannot read the config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -505,11 +505,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(config.log_format);
     // Before anything slow, so that a SIGTERM during start-up also stops the node cleanly.
     let mut signals = Signals::install().context("installing the SIGTERM and ctrl-c handlers")?;
-    let result = run_node(&config, &mut signals).await;
-    if let Err(e) = &result {
-        error!(node = %config.name, error = format!("{e:#}"), "fleet-node stopped with an error");
-    }
-    result
+    // The caller prints the error (main.rs, to standard error); logging it too would say it twice.
+    run_node(&config, &mut signals).await
 }
 
 async fn run_node(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<()> {
@@ -542,6 +539,16 @@ async fn run_node(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Resul
         )
     })?;
 
+    // The admin endpoint comes up before activation, which may take a while when joining:
+    // meanwhile /healthz says the node runs and /readyz says it is not ready yet.
+    let admin = match AdminServer::start(fleet.clone(), config.admin).await {
+        Ok(admin) => admin,
+        Err(e) => {
+            let _ = fleet.shutdown().await;
+            return Err(e.into());
+        }
+    };
+
     let activated = tokio::select! {
         result = fleet.activate(&config.zone) => Some(result),
         signal = signals.recv() => {
@@ -552,19 +559,12 @@ async fn run_node(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Resul
     match activated {
         Some(Ok(())) => info!(node = %config.name, zone = %config.zone, "node active"),
         Some(Err(e)) => {
+            let _ = admin.shutdown().await;
             let _ = fleet.shutdown().await;
             return Err(e).with_context(|| activate_context(config));
         }
-        None => return stop(&fleet, None).await,
+        None => return stop(&fleet, Some(admin)).await,
     }
-
-    let admin = match AdminServer::start(fleet.clone(), config.admin).await {
-        Ok(admin) => admin,
-        Err(e) => {
-            let _ = fleet.shutdown().await;
-            return Err(e.into());
-        }
-    };
 
     tokio::select! {
         signal = signals.recv() => {
@@ -618,9 +618,9 @@ async fn node_stopped(fleet: &Fleet) -> FleetError {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match fleet.status().await {
-            Err(e @ (FleetError::Shutdown | FleetError::Storage(_))) => return e,
-            Ok(_) | Err(_) => {}
+        // Busy or any other answer means the loop still runs.
+        if let Err(e @ (FleetError::Shutdown | FleetError::Storage(_))) = fleet.status().await {
+            return e;
         }
     }
 }
@@ -691,20 +691,18 @@ impl Signals {
     }
 
     /// The next signal's name.
-    fn recv(&mut self) -> impl Future<Output = &'static str> + '_ {
-        async move {
-            #[cfg(unix)]
-            {
-                tokio::select! {
-                    _ = self.terminate.recv() => "SIGTERM",
-                    _ = self.interrupt.recv() => "SIGINT",
-                }
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
             }
-            #[cfg(not(unix))]
-            {
-                let _ = tokio::signal::ctrl_c().await;
-                "ctrl-c"
-            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
         }
     }
 }

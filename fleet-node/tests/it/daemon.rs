@@ -336,16 +336,22 @@ async fn wait_for(addr: SocketAddr, path: &str, code: u16) -> String {
     }
 }
 
+/// `f`, failing the test if it takes longer than [`WAIT_MAX`].
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT_MAX, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {WAIT_MAX:?}"))
+}
+
 #[tokio::test]
 async fn admin_endpoint_reports_health_readiness_status_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let fleet = Fleet::builder()
+    let start = Fleet::builder()
         .name("n1")
         .data_dir(dir.path())
         .register::<KvStore>("kv")
-        .start()
-        .await
-        .unwrap();
+        .start();
+    let fleet = bounded("start", start).await.unwrap();
     let admin = AdminServer::start(fleet.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -357,9 +363,7 @@ async fn admin_endpoint_reports_health_readiness_status_and_metrics() {
     assert_eq!(code, 503, "not ready before activation: {body}");
     assert!(body.contains("not ready"), "{body}");
 
-    eprintln!("STEP activate");
-    fleet.activate("zone-a").await.unwrap();
-    eprintln!("STEP activated");
+    bounded("activate", fleet.activate("zone-a")).await.unwrap();
     wait_for(addr, "/readyz", 200).await;
 
     let (code, body) = get(addr, "/status").await;
@@ -390,17 +394,13 @@ async fn admin_endpoint_reports_health_readiness_status_and_metrics() {
     assert_eq!(get(addr, "/nope").await.0, 404);
 
     // A stopped node loop is unhealthy.
-    eprintln!("STEP shutdown");
-    fleet.shutdown().await.unwrap();
-    eprintln!("STEP shut");
+    bounded("shutdown", fleet.shutdown()).await.unwrap();
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(get(addr, "/readyz").await.0, 503);
-    admin.shutdown().await.unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "the endpoint stopped listening"
-    );
+    // No check that the port is closed afterwards: another test may bind it at once, and a
+    // connect to a free loopback port can even connect to itself.
+    bounded("admin shutdown", admin.shutdown()).await.unwrap();
 }
 
 /// Kills the child if the test fails before it exits.
