@@ -44,11 +44,14 @@ impl StateMachine for Unlucky {
 
 fn settings() -> Settings {
     Settings {
-        tick: Duration::from_millis(2),
+        // Short enough for quick tests, long enough that a loaded CI machine (the simulator
+        // runs beside these tests) does not starve heartbeats into needless elections.
+        tick: Duration::from_millis(5),
         election_timeout_ticks: 10,
         heartbeat_interval_ticks: 2,
         quiesce_after_ticks: 5,
-        request_timeout: Duration::from_secs(10),
+        // A deadline, not a wait: generous so a loaded machine does not fail the test.
+        request_timeout: Duration::from_secs(30),
         snapshot_every_entries: 50,
         ..Settings::default()
     }
