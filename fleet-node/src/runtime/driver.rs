@@ -96,6 +96,8 @@ struct Slot {
     waiters: BTreeMap<Index, Waiter>,
     reads: BTreeMap<u64, ReadWaiter>,
     stopped: Option<String>,
+    /// The hard state of the last Ready that carried one (what is or will be on disk).
+    last_hard_state: fleet_core::HardState,
     /// Catalog commands proposed by this node, answered when applied.
     catalog_waiters: BTreeMap<Index, (Term, oneshot::Sender<Result<CatalogOutput, FleetError>>)>,
 }
@@ -315,6 +317,7 @@ impl Driver {
             g.group,
             Slot {
                 name: String::new(),
+                last_hard_state: replica.hard_state(),
                 replica,
                 machine,
                 waiters: BTreeMap::new(),
@@ -700,6 +703,7 @@ impl Driver {
                 META_GROUP,
                 Slot {
                     name: String::new(),
+                    last_hard_state: replica.hard_state(),
                     replica,
                     machine,
                     waiters: BTreeMap::new(),
@@ -1111,6 +1115,7 @@ impl Driver {
             g,
             Slot {
                 name,
+                last_hard_state: replica.hard_state(),
                 replica,
                 machine,
                 waiters: BTreeMap::new(),
@@ -1199,6 +1204,8 @@ impl Driver {
             batch.push(w);
         }
         let mut stashes = Vec::new();
+        let mut early = Vec::new();
+        let nothing_in_flight = self.batches.is_empty();
         let dirty: Vec<GroupId> = std::mem::take(&mut self.dirty).into_iter().collect();
         for g in dirty {
             let Some(slot) = self.slots.get_mut(&g) else {
@@ -1230,8 +1237,33 @@ impl Driver {
             let messages = std::mem::take(&mut rd.messages);
             let must_persist = rd.must_persist();
             let snapshot = rd.snapshot.clone();
+            // A Ready whose only write is a higher commit index, with everything before it
+            // durable: its entries are committed (durable on a quorum) and its messages promise
+            // nothing new, so it is applied now while the commit index is written (etcd-raft does
+            // the same). This takes one fsync off every command's path.
+            let commit_only = must_persist
+                && nothing_in_flight
+                && rd.entries.is_empty()
+                && rd.snapshot.is_none()
+                && rd.hard_state.is_some_and(|hs| {
+                    hs.term == slot.last_hard_state.term && hs.vote == slot.last_hard_state.vote
+                });
+            if let Some(hs) = rd.hard_state {
+                slot.last_hard_state = hs;
+            }
             if must_persist {
                 batch.push(GroupWrite::take_from_ready(g, &mut rd));
+            }
+            if commit_only {
+                early.push(Stash {
+                    group: g,
+                    number: 0,
+                    must_persist: false,
+                    after: std::mem::take(&mut rd.messages_after_persist),
+                    snapshot: None,
+                    committed: std::mem::take(&mut rd.committed_entries),
+                    reads: std::mem::take(&mut rd.read_states),
+                });
             }
             stashes.push(Stash {
                 group: g,
@@ -1250,6 +1282,12 @@ impl Driver {
             }
         }
         self.send_outbox();
+        for stash in early {
+            self.complete(stash);
+        }
+        if !self.outbox.is_empty() {
+            self.send_outbox();
+        }
         if batch.groups.is_empty() && stashes.is_empty() {
             return;
         }
