@@ -68,18 +68,7 @@ fn main() -> ExitCode {
     let mut failures = Vec::new();
     for seed in args.start..args.start + args.seeds {
         match run(seed, &SimOptions::for_seed(seed)) {
-            Ok(r) => {
-                total.elections += r.elections;
-                total.committed += r.committed;
-                total.acked += r.acked;
-                total.duplicates_answered += r.duplicates_answered;
-                total.reads += r.reads;
-                total.crashes += r.crashes;
-                total.snapshots_installed += r.snapshots_installed;
-                total.membership_changes += r.membership_changes;
-                total.transfers += r.transfers;
-                total.messages += r.messages;
-            }
+            Ok(r) => total.add(&r),
             Err(f) => {
                 eprintln!("seed {seed}: {f}\n");
                 failures.push(seed);

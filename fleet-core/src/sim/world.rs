@@ -145,6 +145,22 @@ pub struct SimReport {
     pub trace_hash: u64,
 }
 
+impl SimReport {
+    /// Adds another run's counts to this one (for summaries over many seeds).
+    pub fn add(&mut self, r: &SimReport) {
+        self.elections += r.elections;
+        self.committed += r.committed;
+        self.acked += r.acked;
+        self.duplicates_answered += r.duplicates_answered;
+        self.reads += r.reads;
+        self.crashes += r.crashes;
+        self.snapshots_installed += r.snapshots_installed;
+        self.membership_changes += r.membership_changes;
+        self.transfers += r.transfers;
+        self.messages += r.messages;
+    }
+}
+
 /// A failed simulation: what broke, and how to see it again.
 #[derive(Clone, Debug)]
 pub struct SimFailure {

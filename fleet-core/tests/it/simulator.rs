@@ -73,14 +73,7 @@ fn the_workload_covers_every_feature() {
     let mut total = fleet_core::sim::SimReport::default();
     for seed in 0..40 {
         let r = run(seed, &SimOptions::for_seed(seed)).expect("passes");
-        total.elections += r.elections;
-        total.acked += r.acked;
-        total.duplicates_answered += r.duplicates_answered;
-        total.reads += r.reads;
-        total.crashes += r.crashes;
-        total.snapshots_installed += r.snapshots_installed;
-        total.membership_changes += r.membership_changes;
-        total.transfers += r.transfers;
+        total.add(&r);
     }
     assert!(total.elections > 40, "{total:?}");
     assert!(total.acked > 1000, "{total:?}");

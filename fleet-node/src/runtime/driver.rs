@@ -102,6 +102,21 @@ struct Slot {
     catalog_waiters: BTreeMap<Index, (Term, oneshot::Sender<Result<CatalogOutput, FleetError>>)>,
 }
 
+impl Slot {
+    fn new(name: String, replica: Replica, machine: Box<dyn HostedMachine>) -> Self {
+        Slot {
+            name,
+            last_hard_state: replica.hard_state(),
+            replica,
+            machine,
+            waiters: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            stopped: None,
+            catalog_waiters: BTreeMap::new(),
+        }
+    }
+}
+
 /// What a Ready leaves for after its write is durable.
 struct Stash {
     group: GroupId,
@@ -313,19 +328,8 @@ impl Driver {
         let cfg = self.replica_config(g.replica.replica);
         let replica = Replica::new(cfg, &mut self.rng, restored)
             .map_err(|e| FleetError::Config(e.to_string()))?;
-        self.slots.insert(
-            g.group,
-            Slot {
-                name: String::new(),
-                last_hard_state: replica.hard_state(),
-                replica,
-                machine,
-                waiters: BTreeMap::new(),
-                reads: BTreeMap::new(),
-                stopped: None,
-                catalog_waiters: BTreeMap::new(),
-            },
-        );
+        self.slots
+            .insert(g.group, Slot::new(String::new(), replica, machine));
         self.awake.insert(g.group);
         self.dirty.insert(g.group);
         Ok(())
@@ -699,19 +703,8 @@ impl Driver {
                         return;
                     }
                 };
-            self.slots.insert(
-                META_GROUP,
-                Slot {
-                    name: String::new(),
-                    last_hard_state: replica.hard_state(),
-                    replica,
-                    machine,
-                    waiters: BTreeMap::new(),
-                    reads: BTreeMap::new(),
-                    stopped: None,
-                    catalog_waiters: BTreeMap::new(),
-                },
-            );
+            self.slots
+                .insert(META_GROUP, Slot::new(String::new(), replica, machine));
             self.wake(META_GROUP);
         }
         self.node_id = Some(node_id);
@@ -1111,19 +1104,7 @@ impl Driver {
         self.extra_writes.push(write);
         let replica = Replica::new(self.replica_config(id), &mut self.rng, restored)
             .map_err(|e| FleetError::Config(e.to_string()))?;
-        self.slots.insert(
-            g,
-            Slot {
-                name,
-                last_hard_state: replica.hard_state(),
-                replica,
-                machine,
-                waiters: BTreeMap::new(),
-                reads: BTreeMap::new(),
-                stopped: None,
-                catalog_waiters: BTreeMap::new(),
-            },
-        );
+        self.slots.insert(g, Slot::new(name, replica, machine));
         self.wake(g);
         Ok(())
     }
