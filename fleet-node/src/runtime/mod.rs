@@ -883,18 +883,22 @@ impl Fleet {
             s.next_seq
         };
         let result = self.command_with_seq(group, data, seq).await;
-        if let Some(s) = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .get_mut(group)
-        {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        if let Some(s) = sessions.get_mut(group) {
             s.inflight.remove(&seq);
             if matches!(result, Ok(_) | Err(FleetError::Session(_))) {
                 s.established = true;
             }
+            // Names that are not groups leave nothing behind, so the map stays bounded by the
+            // groups this handle really talks to.
+            if matches!(result, Err(FleetError::NoSuchGroup(_)))
+                && !s.established
+                && s.inflight.is_empty()
+            {
+                sessions.remove(group);
+            }
         }
+        drop(sessions);
         result
     }
 
