@@ -1086,15 +1086,7 @@ impl Replica {
         if prev_index < self.log.committed {
             // Everything up to our commit index matches any leader's log (§3.6.3).
             let index = self.log.committed;
-            self.send(
-                from,
-                Body::AppendResponse {
-                    index,
-                    reject: false,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.send_ack(from, index);
             return;
         }
         if self.log.term(prev_index) == Some(prev_term) {
@@ -1109,15 +1101,7 @@ impl Replica {
                 self.set_conf(conf, conf_index);
             }
             self.log.commit_to(commit.min(last_new));
-            self.send(
-                from,
-                Body::AppendResponse {
-                    index: last_new,
-                    reject: false,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.send_ack(from, last_new);
         } else {
             let (hint_index, hint_term) = self
                 .log
@@ -1524,15 +1508,7 @@ impl Replica {
         self.quiesced = false;
         if meta.index <= self.log.committed {
             let index = self.log.committed;
-            self.send(
-                from,
-                Body::AppendResponse {
-                    index,
-                    reject: false,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.send_ack(from, index);
             return;
         }
         if total_bytes > self.cfg.snapshot_bytes_max {
@@ -1603,15 +1579,7 @@ impl Replica {
                 data,
             });
         }
-        self.send(
-            from,
-            Body::AppendResponse {
-                index,
-                reject: false,
-                hint_index: 0,
-                hint_term: 0,
-            },
-        );
+        self.send_ack(from, index);
     }
 
     /// The driver restored the state machine from the snapshot at `index` handed out in a Ready.
@@ -1690,6 +1658,19 @@ impl Replica {
 
     // ---------------------------------------------------------------------------------------
     // Output.
+
+    /// Acknowledges that our log matches the leader's up to `index` (sent after persist).
+    fn send_ack(&mut self, to: ReplicaId, index: Index) {
+        self.send(
+            to,
+            Body::AppendResponse {
+                index,
+                reject: false,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        );
+    }
 
     fn send(&mut self, to: ReplicaId, body: Body) {
         let msg = Message {
