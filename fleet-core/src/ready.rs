@@ -56,6 +56,12 @@ pub struct ReadState {
 ///    [`Replica::applied`](crate::Replica::applied); answer `read_states` once applied reaches
 ///    their index.
 ///
+/// Steps 4 and 5 need not wait for step 2: committed entries are durable on a quorum already
+/// (a leader counts its own log only once it is durable), so a driver may restore and apply them
+/// as soon as it takes the Ready, before its own write finishes, as long as it does so in the
+/// order the Readys were taken. A crash before the write loses nothing: the state machine is
+/// rebuilt from what is durable and the rest is learned again from the leader.
+///
 /// Several Readys may be in flight at once, as long as they are persisted in the order they were
 /// taken.
 #[derive(Debug, Default)]
@@ -65,7 +71,9 @@ pub struct Ready {
     pub number: u64,
     /// Set when the role, leader or term changed.
     pub soft_state: Option<SoftState>,
-    /// Set when term, vote or commit changed.
+    /// Set when term or vote changed, or when the commit index changed and there are entries or a
+    /// snapshot to write anyway. A commit index alone is never a reason to write: it is volatile
+    /// (thesis Figure 3.1); a restart that finds an older one learns the rest from the leader.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader, to persist and restore before anything else.
     pub snapshot: Option<Snapshot>,

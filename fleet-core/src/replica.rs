@@ -428,14 +428,23 @@ impl Replica {
     /// node liveness). A quiesced follower wakes and, like any follower, forgets its leader so
     /// it can grant pre-votes, then campaigns after a short random delay.
     pub fn suspect_leader(&mut self) {
+        let half = (self.cfg.election_timeout_ticks / 2).max(1);
+        let ticks = 1 + self.rng.below(half);
+        self.suspect_leader_in(ticks);
+    }
+
+    /// Like [`Replica::suspect_leader`], but campaigns after exactly `ticks` ticks (at least one)
+    /// unless a leader is heard of first. The runtime staggers a group's members by placement
+    /// rank, so that after a node dies one member of each of its groups campaigns first and the
+    /// votes do not split.
+    pub fn suspect_leader_in(&mut self, ticks: u32) {
         if self.role == Role::Leader {
             return;
         }
         self.quiesced = false;
         self.leader = None;
         self.election_elapsed = 0;
-        let half = (self.cfg.election_timeout_ticks / 2).max(1);
-        self.randomized_election_timeout = 1 + self.rng.below(half);
+        self.randomized_election_timeout = ticks.max(1);
     }
 
     /// Wakes a quiesced replica. Proposals and reads wake the group by themselves.
@@ -1731,8 +1740,16 @@ impl Replica {
             || self.log.handed_out < self.log.committed
             || self.pending_snapshot.is_some()
             || !self.read_states.is_empty()
-            || self.hard_state() != self.prev_hard_state
+            || self.durable_fields_changed()
             || self.soft_state() != self.prev_soft_state
+    }
+
+    /// Whether term or vote changed since the last Ready: they must be durable before anything
+    /// that depends on them is said. A commit index alone need not be: it is volatile state
+    /// (thesis Figure 3.1), learned again from the leader after a restart, so it rides along with
+    /// the next write that happens anyway rather than costing a write of its own.
+    fn durable_fields_changed(&self) -> bool {
+        self.term != self.prev_hard_state.term || self.vote != self.prev_hard_state.vote
     }
 
     /// Takes the work to do. See [`Ready`] for the driver's duties.
@@ -1746,11 +1763,6 @@ impl Replica {
             rd.soft_state = Some(ss);
             self.prev_soft_state = ss;
         }
-        let hs = self.hard_state();
-        if hs != self.prev_hard_state {
-            rd.hard_state = Some(hs);
-            self.prev_hard_state = hs;
-        }
         rd.snapshot = self.pending_snapshot.take();
         let last = self.log.last_index();
         if self.log.unsent_from <= last {
@@ -1763,6 +1775,12 @@ impl Replica {
                 .cloned()
                 .collect();
             self.log.unsent_from = last + 1;
+        }
+        let hs = self.hard_state();
+        let writes = !rd.entries.is_empty() || rd.snapshot.is_some();
+        if self.durable_fields_changed() || (writes && hs != self.prev_hard_state) {
+            rd.hard_state = Some(hs);
+            self.prev_hard_state = hs;
         }
         rd.messages = std::mem::take(&mut self.msgs);
         rd.messages_after_persist = std::mem::take(&mut self.msgs_after_persist);

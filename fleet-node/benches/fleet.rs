@@ -3,7 +3,8 @@
 //! CPU an idle fleet costs, and failover time after a node stops.
 //!
 //! Run: `cargo bench -p fleet-node --bench fleet` (about a minute). Prints a table, then one JSON
-//! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000).
+//! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000) and
+//! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +82,31 @@ fn resident_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn writes(nodes: &[Node], clients: usize) -> (f64, f64, f64) {
+/// The sum of every series of a counter in the process' Prometheus text (all nodes together).
+fn counter(name: &str) -> f64 {
+    let Some(handle) = fleet_node::admin::prometheus_handle() else {
+        return 0.0;
+    };
+    handle
+        .render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Per write, over all three nodes: storage commits (one fsync each) and frames sent.
+struct Costs {
+    commits: f64,
+    frames: f64,
+}
+
+async fn writes(nodes: &[Node], clients: usize) -> (f64, f64, f64, Costs) {
+    let commits0 = counter("fleet_storage_commits_total");
+    let frames0 = counter("fleet_transport_frames_sent_total");
     let hist = Arc::new(std::sync::Mutex::new(
         Histogram::<u64>::new(3).expect("histogram"),
     ));
@@ -118,11 +143,24 @@ async fn writes(nodes: &[Node], clients: usize) -> (f64, f64, f64) {
         total += t.await.expect("client");
     }
     let h = hist.lock().expect("hist");
+    let per_write = |now: f64, before: f64| (now - before) / (total.max(1) as f64);
     (
         total as f64 / WRITE_SECONDS,
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
+        Costs {
+            commits: per_write(counter("fleet_storage_commits_total"), commits0),
+            frames: per_write(counter("fleet_transport_frames_sent_total"), frames0),
+        },
     )
+}
+
+/// The client counts of the write phase: `FLEET_BENCH_CLIENTS` (comma-separated), or 1,16,64,256.
+fn client_counts() -> Vec<usize> {
+    std::env::var("FLEET_BENCH_CLIENTS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64, 256])
 }
 
 fn main() {
@@ -138,6 +176,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // The process' metrics recorder, for the costs per write.
+    let _ = fleet_node::admin::prometheus_handle();
     rt.block_on(async move {
         let ca = CertificateAuthority::generate("bench", Validity::days_from_now(1)).expect("ca");
         let n1 = start(&ca, "n1", vec![]).await;
@@ -173,7 +213,7 @@ fn main() {
         let create_rate = groups as f64 / create_s;
 
         let mut write_rows = Vec::new();
-        for clients in [1usize, 16, 64, 256] {
+        for clients in client_counts() {
             write_rows.push((clients, writes(&nodes, clients).await));
         }
 
@@ -218,9 +258,15 @@ fn main() {
         println!("fleet benchmark: 3 nodes in one process, 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores");
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
-        println!("{:<16}{:>12}{:>12}{:>12}", "clients", "writes/s", "p50 ms", "p99 ms");
-        for (c, (ops, p50, p99)) in &write_rows {
-            println!("{c:<16}{ops:>12.0}{p50:>12.2}{p99:>12.2}");
+        println!(
+            "{:<16}{:>12}{:>12}{:>12}{:>16}{:>16}",
+            "clients", "writes/s", "p50 ms", "p99 ms", "fsyncs/write", "frames/write"
+        );
+        for (c, (ops, p50, p99, costs)) in &write_rows {
+            println!(
+                "{c:<16}{ops:>12.0}{p50:>12.2}{p99:>12.2}{:>16.2}{:>16.2}",
+                costs.commits, costs.frames
+            );
         }
         println!("{:<52}{:>14.1}", "idle CPU per node, % of one core", idle_cpu_per_node);
         println!("{:<52}{:>14.0}", "resident memory per node, MiB (process / 3)", rss_per_node);
@@ -236,7 +282,7 @@ fn main() {
         );
         let writes_json: Vec<String> = write_rows
             .iter()
-            .map(|(c, (ops, p50, p99))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3}}}"))
+            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"fsyncs_per_write\":{:.3},\"frames_per_write\":{:.3}}}", costs.commits, costs.frames))
             .collect();
         println!(
             "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_per_node\":{rss_per_node:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",

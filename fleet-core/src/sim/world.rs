@@ -312,8 +312,6 @@ pub(crate) struct Job {
     snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
     after: Vec<Message>,
-    committed: Vec<Entry>,
-    reads: Vec<ReadState>,
     done_at: u64,
 }
 
@@ -861,6 +859,7 @@ impl World {
             }
         }
         let must_persist = rd.must_persist();
+        let snapshot = rd.snapshot.clone();
         let job = Job {
             number: rd.number,
             must_persist,
@@ -868,8 +867,6 @@ impl World {
             snapshot: rd.snapshot,
             entries: rd.entries,
             after: rd.messages_after_persist,
-            committed: rd.committed_entries,
-            reads: rd.read_states,
             done_at: if must_persist {
                 self.now + disk_delay
             } else {
@@ -893,7 +890,9 @@ impl World {
         for msg in rd.messages {
             self.send(n, g, msg)?;
         }
-        Ok(())
+        // Committed entries are durable on a quorum already: apply them now, in Ready order,
+        // before this replica's own write is durable (as the runtime does).
+        self.apply_ready(n, g, snapshot, rd.committed_entries, rd.read_states)
     }
 
     fn complete_jobs(&mut self) -> Result<(), String> {
@@ -931,7 +930,22 @@ impl World {
         if job.must_persist {
             replica.persisted(job.number);
         }
-        if let Some(snap) = &job.snapshot {
+        self.maybe_snapshot(n, g);
+        Ok(())
+    }
+
+    /// Restores a snapshot from the leader and applies committed entries, as soon as their Ready
+    /// is taken.
+    fn apply_ready(
+        &mut self,
+        n: usize,
+        g: GroupId,
+        snapshot: Option<Snapshot>,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+    ) -> Result<(), String> {
+        let host = self.nodes[n].hosts.get_mut(&g).expect("host");
+        if let Some(snap) = &snapshot {
             host.applier = Applier::restore(&snap.data, SessionConfig::default())
                 .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
             host.markers = markers_of(host.applier.state());
@@ -946,15 +960,14 @@ impl World {
             );
             self.trace(format_args!("{line}"));
         }
-        for entry in &job.committed {
+        for entry in &committed {
             self.apply(n, g, entry)?;
         }
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");
-        if let Some(last) = job.committed.last() {
+        if let Some(last) = committed.last() {
             host.replica.as_mut().expect("up").applied(last.index);
         }
-        host.reads
-            .extend(job.reads.iter().map(|r| (r.ctx, r.index)));
+        host.reads.extend(reads.iter().map(|r| (r.ctx, r.index)));
         self.answer_reads(n, g)?;
         self.maybe_snapshot(n, g);
         Ok(())
@@ -1006,6 +1019,11 @@ impl World {
             return;
         }
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");
+        // The snapshot replaces the stored log up to its index: only once the writes before it
+        // are durable (the runtime's writer keeps the same order).
+        if host.jobs.iter().any(|j| j.must_persist) {
+            return;
+        }
         let replica = host.replica.as_mut().expect("up");
         let applied = host.applier.applied();
         if applied < replica.snapshot_meta().index + host.snapshot_every

@@ -117,15 +117,12 @@ impl Slot {
     }
 }
 
-/// What a Ready leaves for after its write is durable.
+/// What a Ready leaves for after its write (or an earlier one) is durable.
 struct Stash {
     group: GroupId,
     number: u64,
     must_persist: bool,
     after: Vec<Message>,
-    snapshot: Option<Snapshot>,
-    committed: Vec<Entry>,
-    reads: Vec<fleet_core::ReadState>,
 }
 
 struct Batch {
@@ -207,6 +204,8 @@ pub(crate) struct Driver {
     names: HashMap<u64, String>,
     /// Peers not heard from for an election timeout.
     suspected: BTreeSet<String>,
+    /// The tick at which each peer was last sent a frame.
+    last_sent: HashMap<String, u64>,
     /// Desired leaders of new groups campaign a few ticks after creating their replica, so the
     /// other members have created theirs.
     pending_campaigns: Vec<(GroupId, u64)>,
@@ -262,6 +261,7 @@ impl Driver {
             outbox: HashMap::new(),
             names: HashMap::new(),
             suspected: BTreeSet::new(),
+            last_sent: HashMap::new(),
             pending_campaigns: Vec::new(),
             ticks: 0,
             serving_waiters: Vec::new(),
@@ -362,6 +362,9 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown: Option<oneshot::Sender<Result<(), FleetError>>> = None;
         loop {
+            // Groups left woken by the last flush (it stops after a few passes) are taken at
+            // once, after the other inputs had their turn.
+            let again = !self.dirty.is_empty() && self.batches.len() < BATCHES_IN_FLIGHT_MAX;
             tokio::select! {
                 biased;
                 Some((id, result)) = self.done_rx.recv() => self.write_done(id, result),
@@ -372,6 +375,7 @@ impl Driver {
                     Some(req) => self.handle(req),
                     None => break,
                 },
+                _ = tokio::task::yield_now(), if again => {}
             }
             if self.failed.is_some() {
                 break;
@@ -432,14 +436,24 @@ impl Driver {
         }
     }
 
-    /// Node-level liveness: one (empty) frame per peer per tick, and quiesced followers of a
-    /// peer that went silent are told to suspect their leader.
+    /// Node-level liveness. Every peer hears from this node at least every
+    /// `LIVENESS_PROBE_TICKS` (an empty frame when nothing else went its way). A peer silent for
+    /// an election timeout is suspected: every group it leads here forgets its leader, and its
+    /// surviving voters campaign one after another in placement order, the first a few ticks
+    /// from now, so that the votes of all those elections do not split.
     fn liveness(&mut self) {
         let Some(net) = &self.net else { return };
         let timeout = self.settings.tick * self.settings.election_timeout_ticks;
         let mut newly_suspected = Vec::new();
         for peer in net.directory.names() {
-            let _ = net.transport.send(&peer, &[]);
+            let quiet = self
+                .last_sent
+                .get(&peer)
+                .is_none_or(|t| self.ticks >= t + LIVENESS_PROBE_TICKS);
+            if quiet {
+                let _ = net.transport.send(&peer, &[]);
+                self.last_sent.insert(peer.clone(), self.ticks);
+            }
             let silent = net
                 .transport
                 .last_heard(&peer)
@@ -455,29 +469,71 @@ impl Driver {
         if newly_suspected.is_empty() {
             return;
         }
-        let ids: BTreeSet<u64> = self
+        let suspected_ids: BTreeSet<u64> = self
+            .names
+            .iter()
+            .filter(|(_, n)| self.suspected.contains(*n))
+            .map(|(id, _)| *id)
+            .collect();
+        let newly: BTreeSet<u64> = self
             .names
             .iter()
             .filter(|(_, n)| newly_suspected.contains(n))
             .map(|(id, _)| *id)
             .collect();
-        let affected: Vec<GroupId> = self
+        let affected: Vec<(GroupId, u32)> = self
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.replica.is_quiesced()
-                    && s.replica.leader().is_some_and(|l| ids.contains(&l.node.0))
+                s.stopped.is_none()
+                    && s.replica.role() != Role::Leader
+                    && s.replica
+                        .leader()
+                        .is_some_and(|l| newly.contains(&l.node.0))
             })
-            .map(|(g, _)| *g)
+            .map(|(g, s)| (*g, self.campaign_rank(*g, s, &suspected_ids)))
             .collect();
-        for g in affected {
+        info!(node = %self.name, peers = ?newly_suspected, groups = affected.len(), "peers silent for an election timeout; electing new leaders for their groups");
+        for (g, rank) in affected {
+            let delay = LIVENESS_CAMPAIGN_TICKS + rank * LIVENESS_CAMPAIGN_SPACING_TICKS;
             self.slots
                 .get_mut(&g)
                 .expect("hosted")
                 .replica
-                .suspect_leader();
+                .suspect_leader_in(delay);
             self.wake(g);
         }
+    }
+
+    /// This replica's place among the group's voters that are not suspected, in placement order
+    /// (the catalog's member order; the meta group's by node id).
+    fn campaign_rank(&self, g: GroupId, slot: &Slot, suspected: &BTreeSet<u64>) -> u32 {
+        let me = slot.replica.id();
+        let order: Vec<u64> = self
+            .catalog()
+            .and_then(|c| c.group(&slot.name))
+            .filter(|e| e.id == g)
+            .map(|e| e.initial_members.iter().map(|m| m.node.0).collect())
+            .unwrap_or_default();
+        let position = |node: u64| {
+            order
+                .iter()
+                .position(|n| *n == node)
+                .unwrap_or(order.len() + node as usize)
+        };
+        let mut survivors: Vec<u64> = slot
+            .replica
+            .config()
+            .voters
+            .iter()
+            .map(|v| v.node.0)
+            .filter(|n| !suspected.contains(n))
+            .collect();
+        survivors.sort_by_key(|n| position(*n));
+        survivors
+            .iter()
+            .position(|n| *n == me.node.0)
+            .map_or(survivors.len() as u32, |p| p as u32)
     }
 
     fn tick(&mut self) {
@@ -828,6 +884,7 @@ impl Driver {
             return;
         };
         for (peer, msgs) in self.outbox.drain() {
+            self.last_sent.insert(peer.clone(), self.ticks);
             if let Err(e) = net.transport.send(&peer, &msgs) {
                 tracing::debug!(node = %self.name, %peer, error = %e, "messages dropped; Raft retries");
             }
@@ -1174,99 +1231,31 @@ impl Driver {
         }
     }
 
-    /// Gathers every Ready into one storage batch.
+    /// Gathers every Ready into one storage batch (group commit): messages go out at once,
+    /// committed entries are applied at once (they are durable on a quorum already, see
+    /// [`fleet_core::Ready`]), and what promises durable state waits for the batch.
     fn flush(&mut self) {
         self.drain_catalog_queue();
         if self.batches.len() >= BATCHES_IN_FLIGHT_MAX {
             return;
         }
         let mut batch = WriteBatch::new();
-        for w in self.extra_writes.drain(..) {
-            batch.push(w);
-        }
         let mut stashes = Vec::new();
-        let mut early = Vec::new();
-        let nothing_in_flight = self.batches.is_empty();
-        let dirty: Vec<GroupId> = std::mem::take(&mut self.dirty).into_iter().collect();
-        for g in dirty {
-            let Some(slot) = self.slots.get_mut(&g) else {
-                continue;
-            };
-            if !slot.replica.has_ready() {
-                if slot.replica.is_quiesced() {
-                    self.awake.remove(&g);
-                }
-                continue;
+        // Applying may wake groups (a catalog change hosts new ones); they are taken in the same
+        // batch, a bounded number of passes. Writes queued outside a Ready (a new replica's
+        // bootstrap, a local snapshot) go in before the Readys of the next pass: a replica's
+        // bootstrap before its first Ready, a snapshot after the entries it covers.
+        for _ in 0..FLUSH_PASSES_MAX {
+            for w in self.extra_writes.drain(..) {
+                batch.push(w);
             }
-            let mut rd: Ready = slot.replica.take_ready();
-            if let Some(ss) = rd.soft_state
-                && let Some(net) = &self.net
-                && !slot.name.is_empty()
-            {
-                match ss.leader.and_then(|l| self.names.get(&l.node.0)) {
-                    Some(leader) => {
-                        net.leader_cache.insert(slot.name.clone(), leader.clone());
-                    }
-                    None => {
-                        net.leader_cache.remove(&slot.name);
-                    }
-                }
-                if ss.role == Role::Candidate {
-                    metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
-                }
+            if self.dirty.is_empty() {
+                break;
             }
-            let messages = std::mem::take(&mut rd.messages);
-            let must_persist = rd.must_persist();
-            let snapshot = rd.snapshot.clone();
-            // A Ready whose only write is a higher commit index, with everything before it
-            // durable: its entries are committed (durable on a quorum) and its messages promise
-            // nothing new, so it is applied now while the commit index is written (etcd-raft does
-            // the same). This takes one fsync off every command's path.
-            let commit_only = must_persist
-                && nothing_in_flight
-                && rd.entries.is_empty()
-                && rd.snapshot.is_none()
-                && rd.hard_state.is_some_and(|hs| {
-                    hs.term == slot.last_hard_state.term && hs.vote == slot.last_hard_state.vote
-                });
-            if let Some(hs) = rd.hard_state {
-                slot.last_hard_state = hs;
+            let dirty: Vec<GroupId> = std::mem::take(&mut self.dirty).into_iter().collect();
+            for g in dirty {
+                self.take_ready(g, &mut batch, &mut stashes);
             }
-            if must_persist {
-                batch.push(GroupWrite::take_from_ready(g, &mut rd));
-            }
-            if commit_only {
-                early.push(Stash {
-                    group: g,
-                    number: 0,
-                    must_persist: false,
-                    after: std::mem::take(&mut rd.messages_after_persist),
-                    snapshot: None,
-                    committed: std::mem::take(&mut rd.committed_entries),
-                    reads: std::mem::take(&mut rd.read_states),
-                });
-            }
-            stashes.push(Stash {
-                group: g,
-                number: rd.number,
-                must_persist,
-                after: std::mem::take(&mut rd.messages_after_persist),
-                snapshot,
-                committed: std::mem::take(&mut rd.committed_entries),
-                reads: std::mem::take(&mut rd.read_states),
-            });
-            if slot.replica.is_quiesced() {
-                self.awake.remove(&g);
-            }
-            for m in messages {
-                self.queue_message(g, m);
-            }
-        }
-        self.send_outbox();
-        for stash in early {
-            self.complete(stash);
-        }
-        if !self.outbox.is_empty() {
             self.send_outbox();
         }
         if batch.groups.is_empty() && stashes.is_empty() {
@@ -1303,6 +1292,120 @@ impl Driver {
         }
     }
 
+    /// Takes one group's Ready: its messages are queued, its committed entries applied, its
+    /// writes added to `batch` and what must wait for them to `stashes`.
+    fn take_ready(&mut self, g: GroupId, batch: &mut WriteBatch, stashes: &mut Vec<Stash>) {
+        let Some(slot) = self.slots.get_mut(&g) else {
+            return;
+        };
+        if !slot.replica.has_ready() {
+            if slot.replica.is_quiesced() {
+                self.awake.remove(&g);
+            }
+            return;
+        }
+        let mut rd: Ready = slot.replica.take_ready();
+        if let Some(ss) = rd.soft_state
+            && let Some(net) = &self.net
+            && !slot.name.is_empty()
+        {
+            match ss.leader.and_then(|l| self.names.get(&l.node.0)) {
+                Some(leader) => {
+                    net.leader_cache.insert(slot.name.clone(), leader.clone());
+                }
+                None => {
+                    net.leader_cache.remove(&slot.name);
+                }
+            }
+            if ss.role == Role::Candidate {
+                metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
+            }
+        }
+        if let Some(hs) = rd.hard_state {
+            slot.last_hard_state = hs;
+        }
+        if slot.replica.is_quiesced() {
+            self.awake.remove(&g);
+        }
+        let messages = std::mem::take(&mut rd.messages);
+        let must_persist = rd.must_persist();
+        let snapshot = rd.snapshot.clone();
+        let committed = std::mem::take(&mut rd.committed_entries);
+        let reads = std::mem::take(&mut rd.read_states);
+        let after = std::mem::take(&mut rd.messages_after_persist);
+        let number = rd.number;
+        if must_persist {
+            batch.push(GroupWrite::take_from_ready(g, &mut rd));
+        }
+        if must_persist || !after.is_empty() {
+            stashes.push(Stash {
+                group: g,
+                number,
+                must_persist,
+                after,
+            });
+        }
+        for m in messages {
+            self.queue_message(g, m);
+        }
+        self.apply_ready(g, snapshot, committed, reads);
+    }
+
+    /// Restores a snapshot from the leader and applies committed entries, in Ready order, as
+    /// soon as the Ready is taken.
+    fn apply_ready(
+        &mut self,
+        g: GroupId,
+        snapshot: Option<Snapshot>,
+        committed: Vec<Entry>,
+        reads: Vec<fleet_core::ReadState>,
+    ) {
+        if let Some(snap) = snapshot
+            && let Err(e) = self.machine_for_snapshot(g, &snap)
+        {
+            self.stop_group(g, format!("snapshot from the leader does not restore: {e}"));
+            return;
+        }
+        let mut catalog_changed = false;
+        let mut last_applied = None;
+        for entry in &committed {
+            let slot = self.slots.get_mut(&g).expect("hosted");
+            if slot.stopped.is_some() {
+                break;
+            }
+            let applied = match slot.machine.apply(entry) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.stop_group(g, reason);
+                    return;
+                }
+            };
+            last_applied = Some(entry.index);
+            if g == META_GROUP {
+                catalog_changed = true;
+                answer_catalog(slot, entry, &applied);
+            } else {
+                answer_waiter(slot, entry, applied);
+            }
+        }
+        let slot = self.slots.get_mut(&g).expect("hosted");
+        if let Some(index) = last_applied {
+            slot.replica.applied(index);
+            metrics::counter!(m::ENTRIES_APPLIED_TOTAL).increment(committed.len() as u64);
+        }
+        for r in reads {
+            if let Some(w) = slot.reads.get_mut(&r.ctx) {
+                w.index = Some(r.index);
+            }
+        }
+        answer_reads(slot);
+        self.maybe_snapshot(g);
+        if catalog_changed {
+            self.reconcile_hosting();
+        }
+    }
+
     fn fail(&mut self, why: String) {
         error!(node = %self.name, error = %why, "storage failed; stopping the node (nothing more is acknowledged)");
         self.failed = Some(why);
@@ -1330,6 +1433,7 @@ impl Driver {
         self.send_outbox();
     }
 
+    /// A Ready's write is durable: its promises go out and the replica hears of it.
     fn complete(&mut self, stash: Stash) {
         let g = stash.group;
         if !self.slots.contains_key(&g) {
@@ -1338,58 +1442,9 @@ impl Driver {
         for m in stash.after {
             self.queue_message(g, m);
         }
-        let Some(slot) = self.slots.get_mut(&g) else {
-            return;
-        };
+        let slot = self.slots.get_mut(&g).expect("hosted");
         if stash.must_persist {
             slot.replica.persisted(stash.number);
-        }
-        if let Some(snap) = stash.snapshot {
-            match self.machine_for_snapshot(g, &snap) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.stop_group(g, format!("snapshot from the leader does not restore: {e}"));
-                    return;
-                }
-            }
-        }
-        let mut catalog_changed = false;
-        let mut last_applied = None;
-        for entry in &stash.committed {
-            let slot = self.slots.get_mut(&g).expect("hosted");
-            if slot.stopped.is_some() {
-                break;
-            }
-            let applied = match slot.machine.apply(entry) {
-                Ok(a) => a,
-                Err(e) => {
-                    let reason = e.to_string();
-                    self.stop_group(g, reason);
-                    return;
-                }
-            };
-            last_applied = Some(entry.index);
-            if g == META_GROUP {
-                catalog_changed = true;
-                answer_catalog(slot, entry, &applied);
-            } else {
-                answer_waiter(slot, entry, applied);
-            }
-        }
-        let slot = self.slots.get_mut(&g).expect("hosted");
-        if let Some(index) = last_applied {
-            slot.replica.applied(index);
-            metrics::counter!(m::ENTRIES_APPLIED_TOTAL).increment(stash.committed.len() as u64);
-        }
-        for r in stash.reads {
-            if let Some(w) = slot.reads.get_mut(&r.ctx) {
-                w.index = Some(r.index);
-            }
-        }
-        answer_reads(slot);
-        self.maybe_snapshot(g);
-        if catalog_changed {
-            self.reconcile_hosting();
         }
         self.dirty.insert(g);
     }
@@ -1448,6 +1503,14 @@ impl Driver {
     }
 }
 
+/// A peer hears from this node at least this often, in ticks (an empty frame if nothing else).
+const LIVENESS_PROBE_TICKS: u64 = 5;
+/// Ticks after a leader's node is suspected before the first surviving member campaigns: long
+/// enough that the other members suspect it too (they grant no pre-vote while they have a leader).
+const LIVENESS_CAMPAIGN_TICKS: u32 = 4;
+/// Ticks between the campaigns of successive members in placement order.
+const LIVENESS_CAMPAIGN_SPACING_TICKS: u32 = 10;
+
 /// How often the gauges that walk every group are taken, in ticks.
 const GAUGE_TICKS: u64 = 100;
 /// How often the meta leader checks the meta group's membership, in ticks.
@@ -1457,6 +1520,9 @@ const META_VOTERS_MAX: usize = 5;
 /// Ticks a new group's desired leader waits before campaigning, so the other members have
 /// applied the catalog entry and created their replicas.
 const CAMPAIGN_DELAY_TICKS: u64 = 3;
+
+/// Passes over the woken groups in one flush (applying may wake more).
+const FLUSH_PASSES_MAX: usize = 4;
 
 /// Bound on catalog commands waiting for the meta group.
 const CATALOG_QUEUE_MAX: usize = 65_536;

@@ -747,6 +747,32 @@ impl Fleet {
         Ok(entry)
     }
 
+    /// How long a peer may stay silent before requests stop going to it: half an election
+    /// timeout (node loops talk to every peer every few ticks).
+    fn silence(&self) -> Duration {
+        let s = &self.inner.settings;
+        s.tick * s.election_timeout_ticks / 2
+    }
+
+    /// Whether `node` is connected and was heard from lately.
+    fn live(&self, transport: &Transport<fleet_core::Message>, node: &str) -> bool {
+        transport.is_connected(node)
+            && transport
+                .last_heard(node)
+                .is_some_and(|t| t.elapsed() <= self.silence())
+    }
+
+    /// Returns once `node` is no longer live (polled every few ticks).
+    async fn until_silent(&self, transport: &Transport<fleet_core::Message>, node: &str) {
+        let every = (self.inner.settings.tick * 5).max(Duration::from_millis(1));
+        loop {
+            tokio::time::sleep(every).await;
+            if !self.live(transport, node) {
+                return;
+            }
+        }
+    }
+
     /// Sends a request to the node believed to lead `group`, or handles it here.
     async fn route(
         &self,
@@ -759,27 +785,39 @@ impl Fleet {
         loop {
             let result = match (&target, &self.inner.transport) {
                 (Some(node), Some(transport))
-                    if *node != self.inner.name && !transport.is_connected(node) =>
+                    if *node != self.inner.name && !self.live(transport, node) =>
                 {
-                    // Not connected (its node loop keeps links to every live peer): don't wait
-                    // for a dial; ask locally, which redirects to a live leader.
+                    // Not connected, or silent (its node loop keeps links to every live peer and
+                    // talks on them every few ticks): don't wait for it; ask locally, which
+                    // redirects to a live leader.
                     Err(FleetError::Unreachable {
                         node: node.clone(),
-                        reason: "not connected".into(),
+                        reason: "not connected, or silent".into(),
                     })
                 }
                 (Some(node), Some(transport)) if *node != self.inner.name => {
                     let body = rpc::encode(remote);
-                    let attempt = tokio::time::timeout(
-                        self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN,
-                        transport.request(node, &body),
-                    );
-                    match attempt.await.unwrap_or_else(|_| {
-                        Err(crate::transport::TransportError::Timeout {
-                            what: "a forwarded request",
-                            after: self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN,
-                        })
-                    }) {
+                    let attempt_timeout = self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN;
+                    let attempt = async {
+                        tokio::select! {
+                            r = transport.request(node, &body) => r,
+                            // A node that dies with the request in flight answers nothing: stop
+                            // waiting once it falls silent, and retry elsewhere (same session).
+                            _ = self.until_silent(transport, node) => {
+                                Err(crate::transport::TransportError::Timeout {
+                                    what: "a forwarded request to a node that fell silent",
+                                    after: self.silence(),
+                                })
+                            }
+                            _ = tokio::time::sleep(attempt_timeout) => {
+                                Err(crate::transport::TransportError::Timeout {
+                                    what: "a forwarded request",
+                                    after: attempt_timeout,
+                                })
+                            }
+                        }
+                    };
+                    match attempt.await {
                         Ok(bytes) => {
                             match rpc::decode::<Result<Bytes, FleetError>>(&bytes).and_then(|r| r) {
                                 // That node is stopping: ask another.

@@ -35,8 +35,12 @@ pub(crate) fn check(host: &Host, g: GroupId, msg: &Message) -> Result<(), String
                     msg.from
                 ));
             }
+            // The entry acknowledged is the one the replica held when it wrote the message: compare
+            // with its log only while it is still in the message's term (an ack written in an
+            // older term may leave after a newer leader overwrote the entry in memory; the ack is
+            // still true of the disk, and its receiver is deposed).
             if let (Some(replica), Some(on_disk)) = (
-                host.replica.as_ref(),
+                host.replica.as_ref().filter(|r| r.term() == msg.term),
                 disk.entries.iter().find(|e| e.index == index),
             ) && replica.term_at(index).is_some_and(|t| t != on_disk.term)
             {
