@@ -276,6 +276,8 @@ impl Driver {
                 .catalog()
                 .and_then(|c| c.node(&driver.name))
                 .map(|n| n.id);
+            // What the recovered catalog places here (the rest of its log replays later).
+            driver.reconcile_hosting(None);
         }
         Ok(driver)
     }
@@ -653,6 +655,20 @@ impl Driver {
                 linearizable,
                 reply,
             } => self.query(&group, data, linearizable, reply),
+            Request::NodeName { id, reply } => {
+                let name = self
+                    .catalog()
+                    .and_then(|c| c.node_by_id(id))
+                    .map(|n| n.name.clone());
+                let _ = reply.send(name);
+            }
+            Request::GroupStatus { name, reply } => {
+                let status = self.catalog().ok_or(FleetError::NotActive).and_then(|c| {
+                    let entry = c.group(&name).ok_or(FleetError::NoSuchGroup(name))?;
+                    Ok(self.group_status(c, entry))
+                });
+                let _ = reply.send(status);
+            }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -1093,6 +1109,25 @@ impl Driver {
         self.wake(entry.id);
     }
 
+    /// One group as this node knows it.
+    fn group_status(&self, catalog: &Catalog, entry: &GroupEntry) -> GroupStatus {
+        let slot = self.slots.get(&entry.id);
+        let leader = slot
+            .and_then(|s| s.replica.leader())
+            .and_then(|l| catalog.node_by_id(l.node.0))
+            .map(|n| n.name.clone());
+        let stopped = slot.and_then(|s| s.stopped.clone());
+        GroupStatus {
+            entry: entry.clone(),
+            available: leader.is_some() && stopped.is_none() && entry.state == GroupState::Active,
+            leader,
+            term: slot.map_or(0, |s| s.replica.term()),
+            commit: slot.map_or(0, |s| s.replica.committed()),
+            applied: slot.map_or(0, |s| s.machine.applied()),
+            stopped,
+        }
+    }
+
     fn status(&self) -> Status {
         let Some(catalog) = self.catalog() else {
             return Status {
@@ -1101,27 +1136,9 @@ impl Driver {
                 groups: Vec::new(),
             };
         };
-        let node_name = |id: u64| catalog.node_by_id(id).map(|n| n.name.clone());
         let groups = catalog
             .groups()
-            .map(|entry| {
-                let slot = self.slots.get(&entry.id);
-                let leader = slot
-                    .and_then(|s| s.replica.leader())
-                    .and_then(|l| node_name(l.node.0));
-                let stopped = slot.and_then(|s| s.stopped.clone());
-                GroupStatus {
-                    entry: entry.clone(),
-                    available: leader.is_some()
-                        && stopped.is_none()
-                        && entry.state == GroupState::Active,
-                    leader,
-                    term: slot.map_or(0, |s| s.replica.term()),
-                    commit: slot.map_or(0, |s| s.replica.committed()),
-                    applied: slot.map_or(0, |s| s.machine.applied()),
-                    stopped,
-                }
-            })
+            .map(|entry| self.group_status(catalog, entry))
             .collect();
         let nodes = catalog
             .nodes()
@@ -1154,6 +1171,18 @@ impl Driver {
         let machine = self.machine(kind, None)?;
         // Registered durably before the replica's first write (the writer keeps order).
         let _registered = self.store.create_group(g, id, kind)?;
+        self.start_replica(g, id, machine, initial, name)
+    }
+
+    /// Starts a replica already registered in the store from its bootstrap configuration.
+    fn start_replica(
+        &mut self,
+        g: GroupId,
+        id: ReplicaId,
+        machine: Box<dyn HostedMachine>,
+        initial: Configuration,
+        name: String,
+    ) -> Result<(), FleetError> {
         let restored = Restored::bootstrap(initial);
         let mut write = GroupWrite::new(g);
         write.entries = restored.entries.clone();
@@ -1166,25 +1195,38 @@ impl Driver {
         Ok(())
     }
 
-    /// Hosts every group the catalog places on this node that is not hosted yet.
-    fn reconcile_hosting(&mut self) {
-        if let Some(catalog) = self.catalog() {
-            let names: HashMap<u64, String> =
-                catalog.nodes().map(|n| (n.id, n.name.clone())).collect();
-            let group_names: Vec<(GroupId, String)> =
-                catalog.groups().map(|g| (g.id, g.name.clone())).collect();
-            if let Some(net) = &self.net {
-                net.directory.update(catalog, &self.name);
-            }
-            self.names = names;
-            for (id, name) in group_names {
-                if let Some(slot) = self.slots.get_mut(&id)
-                    && slot.name.is_empty()
-                {
-                    slot.name = name;
+    /// Hosts the groups the catalog places on this node that are not hosted yet: every group
+    /// (`created` is `None`: after a change of nodes, a restart, a catalog snapshot), or only the
+    /// groups just created. New replicas are registered in the store in one commit.
+    fn reconcile_hosting(&mut self, created: Option<Vec<String>>) {
+        let Some(catalog) = self.catalog() else {
+            return;
+        };
+        let candidates: Vec<GroupEntry> = match &created {
+            None => {
+                let names: HashMap<u64, String> =
+                    catalog.nodes().map(|n| (n.id, n.name.clone())).collect();
+                if let Some(net) = &self.net {
+                    net.directory.update(catalog, &self.name);
                 }
+                let unnamed: Vec<(GroupId, String)> = catalog
+                    .groups()
+                    .filter(|g| self.slots.get(&g.id).is_some_and(|s| s.name.is_empty()))
+                    .map(|g| (g.id, g.name.clone()))
+                    .collect();
+                let all = catalog.groups().cloned().collect();
+                self.names = names;
+                for (id, name) in unnamed {
+                    self.slots.get_mut(&id).expect("hosted").name = name;
+                }
+                all
             }
-        }
+            Some(names) => names
+                .iter()
+                .filter_map(|n| catalog.group(n))
+                .cloned()
+                .collect(),
+        };
         let Some(me) = self
             .catalog()
             .and_then(|c| c.node(&self.name))
@@ -1193,30 +1235,50 @@ impl Driver {
             return;
         };
         self.node_id = Some(me);
-        let catalog = self.catalog().expect("checked above");
-        let missing: Vec<GroupEntry> = catalog
-            .groups()
+        let missing: Vec<(GroupEntry, ReplicaId)> = candidates
+            .into_iter()
             .filter(|g| g.state == GroupState::Active && !self.slots.contains_key(&g.id))
-            .filter(|g| g.initial_members.iter().any(|m| m.node.0 == me))
-            .cloned()
+            .filter_map(|g| {
+                let id = *g.initial_members.iter().find(|m| m.node.0 == me)?;
+                Some((g, id))
+            })
             .collect();
-        for entry in missing {
-            let id = *entry
-                .initial_members
+        if missing.is_empty() {
+            return;
+        }
+        let mut ready = Vec::with_capacity(missing.len());
+        for (entry, id) in missing {
+            match self.machine(&entry.kind, None) {
+                Ok(machine) => ready.push((entry, id, machine)),
+                Err(e) => {
+                    error!(node = %self.name, group = %entry.id, error = %e, "cannot host group placed on this node")
+                }
+            }
+        }
+        // One registration commit for them all (in chunks), ahead of their first writes (the
+        // writer keeps order).
+        for chunk in ready.chunks(CREATE_CHUNK_MAX) {
+            let records = chunk
                 .iter()
-                .find(|m| m.node.0 == me)
-                .expect("member here");
+                .map(|(e, id, _)| (e.id, *id, e.kind.clone()))
+                .collect();
+            if let Err(e) = self.store.create_groups(records) {
+                self.fail(format!("cannot register new replicas: {e}"));
+                return;
+            }
+        }
+        for (entry, id, machine) in ready {
             let initial = Configuration::new(entry.initial_members.iter().copied());
             let desired_leader = entry.initial_members[0] == id;
-            if let Err(e) =
-                self.create_replica(entry.id, id, &entry.kind, initial, entry.name.clone())
-            {
+            if let Err(e) = self.start_replica(entry.id, id, machine, initial, entry.name.clone()) {
                 error!(node = %self.name, group = %entry.id, error = %e, "cannot host group placed on this node");
                 continue;
             }
             if desired_leader {
-                // The desired leader campaigns soon rather than waiting out a timeout; at once if
-                // it is the only member.
+                // The desired leader campaigns at once if it is the only member, else on the
+                // next tick (the other members apply the same catalog entry within a round trip)
+                // and again a few ticks later while no leader is known, in case its first vote
+                // requests reached members that did not host the group yet.
                 if entry.initial_members.len() == 1 {
                     self.slots
                         .get_mut(&entry.id)
@@ -1224,8 +1286,10 @@ impl Driver {
                         .replica
                         .campaign();
                 } else {
-                    self.pending_campaigns
-                        .push((entry.id, self.ticks + CAMPAIGN_DELAY_TICKS));
+                    for k in 0..CAMPAIGN_ATTEMPTS {
+                        self.pending_campaigns
+                            .push((entry.id, self.ticks + 1 + k * CAMPAIGN_RETRY_TICKS));
+                    }
                 }
             }
         }
@@ -1360,14 +1424,17 @@ impl Driver {
         committed: Vec<Entry>,
         reads: Vec<fleet_core::ReadState>,
     ) {
+        // What the catalog entries change: groups to host (by name), or everything.
+        let mut catalog_full = g == META_GROUP && snapshot.is_some();
         if let Some(snap) = snapshot
             && let Err(e) = self.machine_for_snapshot(g, &snap)
         {
             self.stop_group(g, format!("snapshot from the leader does not restore: {e}"));
             return;
         }
-        let mut catalog_changed = false;
+        let mut catalog_created = Vec::new();
         let mut last_applied = None;
+        let mut starts_serving = false;
         for entry in &committed {
             let slot = self.slots.get_mut(&g).expect("hosted");
             if slot.stopped.is_some() {
@@ -1382,8 +1449,25 @@ impl Driver {
                 }
             };
             last_applied = Some(entry.index);
+            if matches!(entry.payload, fleet_core::Payload::Noop) {
+                // A leader's first entry of its term: the group may serve from now on.
+                starts_serving = true;
+            }
             if g == META_GROUP {
-                catalog_changed = true;
+                match &entry.payload {
+                    fleet_core::Payload::Command(c) => {
+                        match postcard::from_bytes::<CatalogCommand>(&c.data) {
+                            Ok(CatalogCommand::CreateGroup { name, .. }) => {
+                                catalog_created.push(name)
+                            }
+                            Ok(CatalogCommand::RemoveGroup { .. })
+                            | Ok(CatalogCommand::NextIncarnation { .. }) => {}
+                            _ => catalog_full = true,
+                        }
+                    }
+                    fleet_core::Payload::Bootstrap(_) => catalog_full = true,
+                    _ => {}
+                }
                 answer_catalog(slot, entry, &applied);
             } else {
                 answer_waiter(slot, entry, applied);
@@ -1401,8 +1485,13 @@ impl Driver {
         }
         answer_reads(slot);
         self.maybe_snapshot(g);
-        if catalog_changed {
-            self.reconcile_hosting();
+        if catalog_full {
+            self.reconcile_hosting(None);
+        } else if !catalog_created.is_empty() {
+            self.reconcile_hosting(Some(catalog_created));
+        }
+        if starts_serving && !self.serving_waiters.is_empty() {
+            self.answer_serving_waiters();
         }
     }
 
@@ -1517,9 +1606,15 @@ const GAUGE_TICKS: u64 = 100;
 const META_RECONCILE_TICKS: u64 = 5;
 /// Voters of the meta group, at most (every other node is a learner).
 const META_VOTERS_MAX: usize = 5;
-/// Ticks a new group's desired leader waits before campaigning, so the other members have
-/// applied the catalog entry and created their replicas.
-const CAMPAIGN_DELAY_TICKS: u64 = 3;
+/// Campaigns of a new group's desired leader while it knows no leader (the first on the tick
+/// after it hosts the group)...
+const CAMPAIGN_ATTEMPTS: u64 = 4;
+/// ...this many ticks apart (a campaign takes a round trip and a write).
+const CAMPAIGN_RETRY_TICKS: u64 = 5;
+
+/// Replicas registered in the store by one commit, at most (well under the store's
+/// `commit_entries_max`).
+const CREATE_CHUNK_MAX: usize = 1024;
 
 /// Passes over the woken groups in one flush (applying may wake more).
 const FLUSH_PASSES_MAX: usize = 4;

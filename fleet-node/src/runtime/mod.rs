@@ -175,6 +175,16 @@ impl From<StorageError> for FleetError {
 
 /// A request to the node loop.
 pub(crate) enum Request {
+    /// One group's status.
+    GroupStatus {
+        name: String,
+        reply: oneshot::Sender<Result<GroupStatus, FleetError>>,
+    },
+    /// The name of the node with this catalog id, if the catalog knows it.
+    NodeName {
+        id: u64,
+        reply: oneshot::Sender<Option<String>>,
+    },
     Activate {
         zone: String,
         reply: oneshot::Sender<Result<(), FleetError>>,
@@ -719,12 +729,9 @@ impl Fleet {
             .await??;
         // Wait until it serves: at its desired leader, which campaigns first.
         let desired = entry.initial_members[0].node.0;
-        let status = self.status().await?;
-        let leader = status
-            .nodes
-            .iter()
-            .find(|n| n.entry.id == desired)
-            .map(|n| n.entry.name.clone());
+        let leader = self
+            .call(|reply| Request::NodeName { id: desired, reply })
+            .await?;
         match (leader, &self.inner.transport) {
             (Some(leader), Some(transport)) if leader != self.inner.name => {
                 let body = rpc::encode(&rpc::Rpc::AwaitServing {
@@ -886,12 +893,9 @@ impl Fleet {
 
     /// One group's status.
     pub async fn group_status(&self, name: &str) -> Result<GroupStatus, FleetError> {
-        self.status()
+        let name = name.to_string();
+        self.call(|reply| Request::GroupStatus { name, reply })
             .await?
-            .groups
-            .into_iter()
-            .find(|g| g.entry.name == name)
-            .ok_or(FleetError::NoSuchGroup(name.to_string()))
     }
 
     /// Nodes and groups as this node sees them.
