@@ -16,8 +16,7 @@ use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
+use super::leader_cache::{self, LeaderCache};
 use super::rpc::{self, Directory, Rpc};
 use super::{FleetError, Request, Settings};
 use crate::catalog::{
@@ -139,7 +138,7 @@ pub(crate) struct Net {
     pub transport: Transport<Message>,
     pub frames: tokio::sync::mpsc::Receiver<InboundFrame<Message>>,
     pub directory: Arc<Directory>,
-    pub leader_cache: Arc<DashMap<String, String>>,
+    pub leader_cache: Arc<LeaderCache>,
     /// The address peers dial to reach this node.
     pub advertise: String,
 }
@@ -149,7 +148,7 @@ impl Net {
         transport: Transport<Message>,
         inbound: Inbound<Message>,
         directory: Arc<Directory>,
-        leader_cache: Arc<DashMap<String, String>>,
+        leader_cache: Arc<LeaderCache>,
         advertise: String,
     ) -> (
         Net,
@@ -349,7 +348,10 @@ impl Driver {
             // A catalog still replaying its log after a restart may not know the group yet.
             let meta = &self.slots[&META_GROUP];
             if meta.machine.applied() < meta.replica.committed() {
-                return Err(FleetError::NotLeader { leader: None });
+                return Err(FleetError::NotLeader {
+                    leader: None,
+                    term: 0,
+                });
             }
             return Err(FleetError::NoSuchGroup(name.to_string()));
         };
@@ -875,12 +877,18 @@ impl Driver {
 
     /// The node believed to lead a group, for a redirect: this node's replica's leader, or for a
     /// group not hosted here, its desired leader.
-    fn leader_hint(&self, entry: &GroupEntry) -> Option<String> {
-        let node = match self.slots.get(&entry.id) {
-            Some(slot) => slot.replica.leader().map(|l| l.node.0),
-            None => entry.initial_members.first().map(|m| m.node.0),
-        }?;
-        self.names.get(&node).filter(|n| **n != self.name).cloned()
+    fn leader_hint(&self, entry: &GroupEntry) -> (Option<String>, Term) {
+        let (node, term) = match self.slots.get(&entry.id) {
+            Some(slot) => (slot.replica.leader().map(|l| l.node.0), slot.replica.term()),
+            // A guess: the term is unknown (0), so the cache keeps anything it knows better.
+            None => (entry.initial_members.first().map(|m| m.node.0), 0),
+        };
+        let name = node
+            .and_then(|n| self.names.get(&n))
+            .filter(|n| **n != self.name)
+            .cloned();
+        let term = if name.is_some() { term } else { 0 };
+        (name, term)
     }
 
     fn queue_message(&mut self, g: GroupId, m: Message) {
@@ -1010,7 +1018,13 @@ impl Driver {
         let proposals_max = self.settings.proposals_per_group_max;
         let hint = self.leader_hint(&entry);
         let Some(slot) = self.slots.get_mut(&entry.id) else {
-            return Err((FleetError::NotLeader { leader: hint }, reply));
+            return Err((
+                FleetError::NotLeader {
+                    leader: hint.0,
+                    term: hint.1,
+                },
+                reply,
+            ));
         };
         if let Some(reason) = &slot.stopped {
             return Err((
@@ -1048,7 +1062,13 @@ impl Driver {
                     slot.replica.campaign();
                 }
                 self.wake(entry.id);
-                return Err((FleetError::NotLeader { leader: hint }, reply));
+                return Err((
+                    FleetError::NotLeader {
+                        leader: hint.0,
+                        term: hint.1,
+                    },
+                    reply,
+                ));
             }
             Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
         }
@@ -1072,7 +1092,10 @@ impl Driver {
         };
         let hint = self.leader_hint(&entry);
         let Some(slot) = self.slots.get_mut(&entry.id) else {
-            let _ = reply.send(Err(FleetError::NotLeader { leader: hint }));
+            let _ = reply.send(Err(FleetError::NotLeader {
+                leader: hint.0,
+                term: hint.1,
+            }));
             return;
         };
         if let Some(reason) = &slot.stopped {
@@ -1100,7 +1123,10 @@ impl Driver {
                 );
             }
             Err(CoreError::NotLeader { .. }) => {
-                let _ = reply.send(Err(FleetError::NotLeader { leader: hint }));
+                let _ = reply.send(Err(FleetError::NotLeader {
+                    leader: hint.0,
+                    term: hint.1,
+                }));
             }
             Err(e) => {
                 let _ = reply.send(Err(FleetError::Busy(e.to_string())));
@@ -1374,12 +1400,8 @@ impl Driver {
             && !slot.name.is_empty()
         {
             match ss.leader.and_then(|l| self.names.get(&l.node.0)) {
-                Some(leader) => {
-                    net.leader_cache.insert(slot.name.clone(), leader.clone());
-                }
-                None => {
-                    net.leader_cache.remove(&slot.name);
-                }
+                Some(leader) => leader_cache::learn(&net.leader_cache, &slot.name, leader, ss.term),
+                None => leader_cache::forget(&net.leader_cache, &slot.name, ss.term),
             }
             if ss.role == Role::Candidate {
                 metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
@@ -1632,7 +1654,10 @@ fn answer_catalog(slot: &mut Slot, entry: &Entry, applied: &Applied) {
         } if term == entry.term => postcard::from_bytes::<CatalogOutput>(bytes)
             .map_err(|e| FleetError::Codec(e.to_string())),
         Applied::Command { result: Err(e), .. } => Err(FleetError::Session(e.clone())),
-        _ => Err(FleetError::NotLeader { leader: None }),
+        _ => Err(FleetError::NotLeader {
+            leader: None,
+            term: 0,
+        }),
     };
     let _ = reply.send(result);
 }
@@ -1642,19 +1667,28 @@ fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
         return;
     };
     let result = match applied {
-        _ if w.term != entry.term => Err(FleetError::NotLeader { leader: None }),
+        _ if w.term != entry.term => Err(FleetError::NotLeader {
+            leader: None,
+            term: 0,
+        }),
         Applied::Command {
             result: Ok(bytes), ..
         } => Ok(bytes),
         Applied::Command { result: Err(e), .. } => Err(FleetError::Session(e)),
-        Applied::NotACommand => Err(FleetError::NotLeader { leader: None }),
+        Applied::NotACommand => Err(FleetError::NotLeader {
+            leader: None,
+            term: 0,
+        }),
     };
     let _ = w.reply.send(result);
     // Proposals at lower indexes that were overwritten never come back: they were dropped.
     let dropped: Vec<Index> = slot.waiters.range(..entry.index).map(|(i, _)| *i).collect();
     for i in dropped {
         if let Some(w) = slot.waiters.remove(&i) {
-            let _ = w.reply.send(Err(FleetError::NotLeader { leader: None }));
+            let _ = w.reply.send(Err(FleetError::NotLeader {
+                leader: None,
+                term: 0,
+            }));
         }
     }
 }
@@ -1676,7 +1710,10 @@ fn answer_reads(slot: &mut Slot) {
     if slot.replica.role() != Role::Leader {
         // Reads of a leader that stepped down will never be confirmed; the caller retries.
         for (_, r) in std::mem::take(&mut slot.reads) {
-            let _ = r.reply.send(Err(FleetError::NotLeader { leader: None }));
+            let _ = r.reply.send(Err(FleetError::NotLeader {
+                leader: None,
+                term: 0,
+            }));
         }
     }
 }

@@ -28,10 +28,14 @@
 //!   `NotLeader` hints (and its leader cache) until its deadline, so a stale cache costs a
 //!   redirect, never a loop.
 //! - The founding node's meta replica is `ReplicaId(1, 0)`: the catalog gives the first node id 1.
-//! - A new group's desired leader campaigns a few ticks after creating its replica, so the other
-//!   members have applied the catalog entry and can vote.
+//! - A new group's desired leader campaigns on the tick after creating its replica (the other
+//!   members apply the same catalog entry within a round trip), and again a few ticks later while
+//!   it knows no leader.
+//! - The leader cache maps a group name to `(node, term)`: it learns from local leadership
+//!   changes and `NotLeader` hints, and never replaces what it holds with an older term.
 
 mod driver;
+mod leader_cache;
 mod rpc;
 
 use std::collections::{BTreeSet, HashMap};
@@ -49,6 +53,7 @@ use crate::catalog::{CatalogCommand, CatalogError, CatalogOutput, GroupEntry, No
 use crate::registry::{MachineError, Registry};
 use crate::storage::StorageError;
 use crate::transport::{ClientConnection, PeerAddr, Tls, Transport, TransportConfig};
+use leader_cache::LeaderCache;
 
 pub use driver::{GroupStatus, NodeStatus, Status};
 
@@ -156,6 +161,9 @@ pub enum FleetError {
     NotLeader {
         /// The node believed to lead it.
         leader: Option<String>,
+        /// The term in which that node was known to lead (0 if no leader is known): a leader
+        /// cache takes a hint only if it is not older than what it holds.
+        term: u64,
     },
     /// Another node could not be reached.
     #[error("cannot reach node {node}: {reason}")]
@@ -345,7 +353,7 @@ impl FleetBuilder {
             )));
         }
         let (tx, rx) = mpsc::channel(self.settings.requests_queued_max);
-        let leader_cache: Arc<DashMap<String, String>> = Arc::new(DashMap::new());
+        let leader_cache: Arc<LeaderCache> = Arc::new(DashMap::new());
         let (net, requests, tls, transport_config) = match self.tls {
             None => (None, None, None, self.transport),
             Some(tls) => {
@@ -457,7 +465,7 @@ struct Inner {
     advertise: Option<String>,
     directory: Option<Arc<rpc::Directory>>,
     /// Group name -> node believed to lead it.
-    leader_cache: Arc<DashMap<String, String>>,
+    leader_cache: Arc<LeaderCache>,
 }
 
 /// Requests that other nodes send this one: each is handled on this node only (never forwarded
@@ -788,7 +796,7 @@ impl Fleet {
         remote: &rpc::Rpc,
     ) -> Result<Bytes, FleetError> {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
-        let mut target = self.inner.leader_cache.get(group).map(|l| l.clone());
+        let mut target = self.inner.leader_cache.get(group).map(|l| l.node.clone());
         loop {
             let result = match (&target, &self.inner.transport) {
                 (Some(node), Some(transport))
@@ -853,16 +861,21 @@ impl Fleet {
                         });
                     }
                     let hint = match &e {
-                        FleetError::NotLeader { leader } => leader.clone(),
+                        FleetError::NotLeader {
+                            leader: Some(l),
+                            term,
+                        } => Some((l.clone(), *term)),
                         _ => None,
                     };
                     match hint {
-                        Some(l) if Some(&l) != target.as_ref() => {
-                            self.inner.leader_cache.insert(group.to_string(), l.clone());
+                        Some((l, term)) if Some(&l) != target.as_ref() => {
+                            leader_cache::learn(&self.inner.leader_cache, group, &l, term);
                             target = Some(l);
                         }
                         _ => {
-                            self.inner.leader_cache.remove(group);
+                            if let Some(t) = &target {
+                                leader_cache::forget_node(&self.inner.leader_cache, group, t);
+                            }
                             target = None;
                             tokio::time::sleep(RETRY_DELAY).await;
                         }
