@@ -381,6 +381,33 @@ impl Driver {
                 },
                 _ = tokio::task::yield_now(), if again => {}
             }
+            // Whatever else is waiting joins this round, so that one flush (one write, one frame
+            // per peer) serves all of it rather than one input each.
+            for _ in 0..INPUTS_PER_ROUND_MAX {
+                let mut took = false;
+                if let Ok((id, result)) = self.done_rx.try_recv() {
+                    self.write_done(id, result);
+                    took = true;
+                }
+                if let Some(net) = &mut self.net
+                    && let Ok(frame) = net.frames.try_recv()
+                {
+                    self.receive(frame);
+                    took = true;
+                }
+                if shutdown.is_none()
+                    && let Ok(req) = rx.try_recv()
+                {
+                    match req {
+                        Request::Shutdown { reply } => shutdown = Some(reply),
+                        req => self.handle(req),
+                    }
+                    took = true;
+                }
+                if !took {
+                    break;
+                }
+            }
             if self.failed.is_some() {
                 break;
             }
@@ -1637,6 +1664,10 @@ const CAMPAIGN_RETRY_TICKS: u64 = 5;
 /// Replicas registered in the store by one commit, at most (well under the store's
 /// `commit_entries_max`).
 const CREATE_CHUNK_MAX: usize = 1024;
+
+/// Inputs of each kind (write completions, frames, requests) taken into one round, at most,
+/// after the one that woke the loop.
+const INPUTS_PER_ROUND_MAX: usize = 256;
 
 /// Passes over the woken groups in one flush (applying may wake more).
 const FLUSH_PASSES_MAX: usize = 4;
