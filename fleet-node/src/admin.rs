@@ -29,7 +29,8 @@
 //!   metrics go to that one and `/metrics` answers 503 saying so.
 //! - Open connections are bounded by [`ADMIN_CONNECTIONS_MAX`] (a semaphore permit per
 //!   connection, as mini-redis does); beyond it new connections wait in the listen backlog.
-//! - `/healthz` and `/readyz` ask the node loop (through [`Fleet::status`]) and give it
+//! - `/healthz` and `/readyz` ask the node loop (through [`Fleet::health`], which does not walk
+//!   the groups) and give it
 //!   [`NODE_ANSWER_TIMEOUT`] to answer: a loop that hangs is as unhealthy as one that stopped.
 
 use std::future::IntoFuture;
@@ -56,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics as names;
-use crate::runtime::{Fleet, Status};
+use crate::runtime::{Fleet, NodeHealth, Status};
 
 /// Admin connections open at once, at most. Scrapers and probes hold one or two each; the rest
 /// wait in the listen backlog until one closes.
@@ -207,8 +208,19 @@ fn count(path: &'static str) {
 
 /// The node's status, or the 503 that says why there is none.
 async fn node_status(fleet: &Fleet) -> Result<Status, Response> {
-    match tokio::time::timeout(NODE_ANSWER_TIMEOUT, fleet.status()).await {
-        Ok(Ok(status)) => Ok(status),
+    answer(fleet.status()).await
+}
+
+async fn node_health(fleet: &Fleet) -> Result<NodeHealth, Response> {
+    answer(fleet.health()).await
+}
+
+/// The node loop's answer, or 503 if it is not running or does not answer in time.
+async fn answer<T>(
+    request: impl std::future::Future<Output = Result<T, crate::runtime::FleetError>>,
+) -> Result<T, Response> {
+    match tokio::time::timeout(NODE_ANSWER_TIMEOUT, request).await {
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(unavailable(format!("the node loop is not running: {e}"))),
         Err(_elapsed) => Err(unavailable(format!(
             "the node loop did not answer within {NODE_ANSWER_TIMEOUT:?}"
@@ -222,42 +234,46 @@ fn unavailable(why: String) -> Response {
 
 async fn healthz(State(fleet): State<Fleet>) -> Response {
     count("/healthz");
-    match node_status(&fleet).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+    match node_health(&fleet).await {
+        Ok(h) if h.failed.is_none() => (StatusCode::OK, "ok\n").into_response(),
+        Ok(h) => unavailable(format!(
+            "the node's storage failed: {}",
+            h.failed.unwrap_or_default()
+        )),
         Err(response) => response,
     }
 }
 
 async fn readyz(State(fleet): State<Fleet>) -> Response {
     count("/readyz");
-    let status = match node_status(&fleet).await {
-        Ok(status) => status,
+    let health = match node_health(&fleet).await {
+        Ok(health) => health,
         Err(response) => return response,
     };
-    match readiness(&status) {
+    match readiness(&health) {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => unavailable(format!("not ready: {why}")),
     }
 }
 
 /// Ready means: this node holds a copy of the catalog, and the catalog lists it as active.
-fn readiness(status: &Status) -> Result<(), String> {
-    if status.nodes.is_empty() {
+fn readiness(health: &NodeHealth) -> Result<(), String> {
+    if !health.has_catalog {
         return Err(format!(
             "node {:?} holds no catalog yet (it has not activated, or is still joining)",
-            status.node
+            health.node
         ));
     }
-    let Some(me) = status.nodes.iter().find(|n| n.entry.name == status.node) else {
+    let Some(state) = health.state else {
         return Err(format!(
             "node {:?} is not in the catalog yet (it has not activated)",
-            status.node
+            health.node
         ));
     };
-    if me.entry.state != NodeState::Active {
+    if state != NodeState::Active {
         return Err(format!(
-            "node {:?} is {:?} in the catalog, not active",
-            status.node, me.entry.state
+            "node {:?} is {state:?} in the catalog, not active",
+            health.node
         ));
     }
     Ok(())

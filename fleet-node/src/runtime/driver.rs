@@ -40,10 +40,29 @@ const BATCHES_IN_FLIGHT_MAX: usize = 4;
 pub struct Status {
     /// This node's name.
     pub node: String,
+    /// The node leading the meta group (the catalog), as this node knows it.
+    pub meta_leader: Option<String>,
     /// The nodes of the catalog.
     pub nodes: Vec<NodeStatus>,
     /// The groups of the catalog, with what this node knows of them.
     pub groups: Vec<GroupStatus>,
+}
+
+/// A node's own state, cheap to take (for health and readiness probes).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeHealth {
+    /// This node's name.
+    pub node: String,
+    /// Its state in its copy of the catalog; `None` before it holds a catalog that lists it.
+    pub state: Option<placement::NodeState>,
+    /// Whether it holds a copy of the catalog (it activated or joined).
+    pub has_catalog: bool,
+    /// The node leading the meta group, as this node knows it.
+    pub meta_leader: Option<String>,
+    /// Replicas hosted here.
+    pub groups_hosted: usize,
+    /// Why the node loop stopped, if its storage failed.
+    pub failed: Option<String>,
 }
 
 /// One node as the catalog knows it.
@@ -698,6 +717,9 @@ impl Driver {
                 });
                 let _ = reply.send(status);
             }
+            Request::Health { reply } => {
+                let _ = reply.send(self.health());
+            }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -1181,10 +1203,33 @@ impl Driver {
         }
     }
 
+    /// The meta group's leader, by name.
+    fn meta_leader(&self) -> Option<String> {
+        let leader = self.slots.get(&META_GROUP)?.replica.leader()?;
+        self.catalog()?
+            .node_by_id(leader.node.0)
+            .map(|n| n.name.clone())
+    }
+
+    fn health(&self) -> NodeHealth {
+        NodeHealth {
+            node: self.name.clone(),
+            state: self
+                .catalog()
+                .and_then(|c| c.node(&self.name))
+                .map(|n| n.state),
+            has_catalog: self.catalog().is_some(),
+            meta_leader: self.meta_leader(),
+            groups_hosted: self.slots.len(),
+            failed: self.failed.clone(),
+        }
+    }
+
     fn status(&self) -> Status {
         let Some(catalog) = self.catalog() else {
             return Status {
                 node: self.name.clone(),
+                meta_leader: None,
                 nodes: Vec::new(),
                 groups: Vec::new(),
             };
@@ -1206,6 +1251,7 @@ impl Driver {
             .collect();
         Status {
             node: self.name.clone(),
+            meta_leader: self.meta_leader(),
             nodes,
             groups,
         }

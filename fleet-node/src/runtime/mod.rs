@@ -55,7 +55,7 @@ use crate::storage::StorageError;
 use crate::transport::{ClientConnection, PeerAddr, Tls, Transport, TransportConfig};
 use leader_cache::LeaderCache;
 
-pub use driver::{GroupStatus, NodeStatus, Status};
+pub use driver::{GroupStatus, NodeHealth, NodeStatus, Status};
 
 /// The settings of a node. Every bound ends in `_max`.
 #[derive(Clone, Debug)]
@@ -183,6 +183,10 @@ impl From<StorageError> for FleetError {
 
 /// A request to the node loop.
 pub(crate) enum Request {
+    /// The node's own state (cheap).
+    Health {
+        reply: oneshot::Sender<NodeHealth>,
+    },
     /// One group's status.
     GroupStatus {
         name: String,
@@ -610,6 +614,17 @@ impl Fleet {
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The address the node listens on for peers (`None` for a node without a transport).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.transport.as_ref().map(|t| t.local_addr())
+    }
+
+    /// The node's own state, without walking its groups: what health and readiness probes
+    /// need. An error means the node loop is not running.
+    pub async fn health(&self) -> Result<NodeHealth, FleetError> {
+        self.call(|reply| Request::Health { reply }).await
     }
 
     async fn call<T>(

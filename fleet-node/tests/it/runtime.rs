@@ -80,7 +80,17 @@ fn put(key: &str, value: &str) -> KvCommand {
 async fn groups_by_name_serve_commands_and_queries_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = start(dir.path()).await;
+    let before = fleet.health().await.unwrap();
+    assert!(!before.has_catalog && before.state.is_none() && before.groups_hosted == 0);
+    assert_eq!(fleet.local_addr(), None, "no transport configured");
     fleet.activate("zone-a").await.unwrap();
+    let after = fleet.health().await.unwrap();
+    assert_eq!(after.state, Some(placement::NodeState::Active));
+    assert_eq!(after.meta_leader.as_deref(), Some("n1"));
+    assert_eq!(
+        fleet.status().await.unwrap().meta_leader.as_deref(),
+        Some("n1")
+    );
     for i in 0..20 {
         let entry = fleet
             .add_consensus_group(&format!("g{i}"), 3, "kv")
