@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod daemon;
+pub mod demo;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;

@@ -1,8 +1,8 @@
 //! `fleet-node`: the fleet daemon.
 //!
 //! This file only parses the command line and dispatches to the library (`run` to
-//! `fleet_node::daemon`); exit code 0 on success, 1 on error, 2 on a usage error (clap's, or an
-//! unusable configuration).
+//! `fleet_node::daemon`, `demo` to `fleet_node::demo`); exit code 0 on success, 1 on error, 2 on
+//! a usage error (clap's, or an unusable configuration).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fleet_node::daemon::{self, ConfigError, RunArgs};
+use fleet_node::demo::{self, DemoArgs};
 use fleet_node::transport::IdentityKind;
 use fleet_node::transport::certs::{
     CA_VALIDITY_DAYS_DEFAULT, CertificateAuthority, LEAF_VALIDITY_DAYS_DEFAULT, Validity,
@@ -33,6 +34,12 @@ enum Command {
     /// Create the cluster CA and issue node and client certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run a three-node fleet in this process, with nothing to set up: create groups, write and
+    /// read keys through different nodes, print the groups, stop.
+    ///
+    /// Certificates are made in memory and data goes to a new temporary directory, removed at
+    /// the end. Logs (warnings only, by default) go to standard error; RUST_LOG filters them.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Certs(command) => certs(command),
+        Command::Demo(args) => run_demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,6 +119,27 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(daemon::run(args))
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    init_demo_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(demo::run(args)).map(|_report| ())
+}
+
+/// Logs to standard error, filtered by `RUST_LOG` (default: warnings), so the demo's own output
+/// stays readable.
+fn init_demo_tracing() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::WARN.into())
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn certs(command: CertsCommand) -> anyhow::Result<()> {
