@@ -868,10 +868,16 @@ impl<M: Message> Transport<M> {
         {
             tracing::warn!(node = %inner.identity.name, "transport tasks still running after shutdown");
         }
-        let _ = tokio::time::timeout(wait, inner.endpoint.wait_idle()).await;
+        // The close frames go out at once; a peer that is already gone never acknowledges them,
+        // and waiting out its connection's draining period (3 PTOs, seconds after losses) would
+        // only delay the caller.
+        let _ = tokio::time::timeout(wait.min(CLOSE_WAIT_MAX), inner.endpoint.wait_idle()).await;
         tracing::info!(node = %inner.identity.name, "transport shut down");
     }
 }
+
+/// How long `shutdown` waits for closed connections to drain, at most.
+const CLOSE_WAIT_MAX: Duration = Duration::from_millis(250);
 
 impl<M: Message> Inner<M> {
     fn peer(&self, name: &str) -> Option<Arc<Peer>> {
