@@ -176,6 +176,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // Errors (a node that stops, say) go to stderr; RUST_LOG for more.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing_subscriber::filter::LevelFilter::ERROR.into())
+                .from_env_lossy(),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     // The process' metrics recorder, for the costs per write.
     let _ = fleet_node::admin::prometheus_handle();
     rt.block_on(async move {

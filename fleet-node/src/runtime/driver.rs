@@ -213,8 +213,11 @@ pub(crate) struct Driver {
     done_tx: mpsc::UnboundedSender<(u64, Result<WriteOutcome, FleetError>)>,
     done_rx: mpsc::UnboundedReceiver<(u64, Result<WriteOutcome, FleetError>)>,
     next_read: u64,
-    /// Writes to add to the next batch (bootstraps of new groups, local snapshots).
+    /// New replicas' bootstraps: written before the next pass's Readys of the same batch.
     extra_writes: Vec<GroupWrite>,
+    /// Local snapshots: written first in the next batch. The store takes a snapshot only ahead
+    /// of its group's other writes in a batch, and the entries it covers are in earlier batches.
+    snapshot_writes: Vec<GroupWrite>,
     net: Option<Net>,
     /// Messages to send at the end of this round, by destination node.
     outbox: HashMap<String, Vec<(GroupId, Message)>>,
@@ -274,6 +277,7 @@ impl Driver {
             done_rx,
             next_read: 1,
             extra_writes: Vec::new(),
+            snapshot_writes: Vec::new(),
             catalog_queue: VecDeque::new(),
             net,
             outbox: HashMap::new(),
@@ -1403,11 +1407,13 @@ impl Driver {
             return;
         }
         let mut batch = WriteBatch::new();
+        for w in self.snapshot_writes.drain(..) {
+            batch.push(w);
+        }
         let mut stashes = Vec::new();
         // Applying may wake groups (a catalog change hosts new ones); they are taken in the same
-        // batch, a bounded number of passes. Writes queued outside a Ready (a new replica's
-        // bootstrap, a local snapshot) go in before the Readys of the next pass: a replica's
-        // bootstrap before its first Ready, a snapshot after the entries it covers.
+        // batch, a bounded number of passes. A new replica's bootstrap goes in before the Readys
+        // of the next pass (before its first Ready); local snapshots wait for the next batch.
         for _ in 0..FLUSH_PASSES_MAX {
             for w in self.extra_writes.drain(..) {
                 batch.push(w);
@@ -1434,7 +1440,11 @@ impl Driver {
         });
         if !durable {
             let entries = batch.entry_count();
-            let ticket = match self.store.try_submit(batch) {
+            // The store's queue is shared with replica registrations (which do not count against
+            // BATCHES_IN_FLIGHT_MAX): when it is full, this waits for the writer to take one
+            // request (at most a commit's time). A full queue is backpressure, not a storage
+            // failure (it once stopped a node creating 10,000 groups).
+            let ticket = match self.store.submit(batch) {
                 Ok(t) => t,
                 Err(e) => {
                     self.fail(format!("cannot submit a write: {e}"));
@@ -1680,7 +1690,7 @@ impl Driver {
             Ok(meta) => {
                 let mut write = GroupWrite::new(g);
                 write.snapshot = Some(Snapshot { meta, data });
-                self.extra_writes.push(write);
+                self.snapshot_writes.push(write);
             }
             Err(e) => warn!(node = %self.name, group = %g, error = %e, "snapshot skipped"),
         }

@@ -336,6 +336,50 @@ mod cluster {
                 assert_eq!(got, KvOutput::Value(Some(Bytes::from(format!("{g}")))));
             }
         }
+        // Past the snapshot threshold on all three members of a group: each takes local
+        // snapshots while it writes and applies (the store wants a snapshot first in its group's
+        // writes of a batch; one ordered after that group's entries once stopped every node).
+        let busy = nodes[0]
+            .fleet
+            .list_groups()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|g| g.size == 3)
+            .expect("a size-3 group")
+            .name;
+        // Sixteen writers at once, so entries are in flight while others apply and snapshot.
+        let mut writers = Vec::new();
+        for w in 0..16usize {
+            let fleet = nodes[w % 3].fleet.clone();
+            let busy = busy.clone();
+            writers.push(tokio::spawn(async move {
+                for j in (w..160).step_by(16) {
+                    fleet
+                        .command::<KvStore>(&busy, put(&format!("k{j}"), &format!("{j}")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            for j in (i..160).step_by(7) {
+                let got = node
+                    .fleet
+                    .query::<KvStore>(
+                        &busy,
+                        KvQuery::Get {
+                            key: format!("k{j}"),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(got, KvOutput::Value(Some(Bytes::from(format!("{j}")))));
+            }
+        }
         // Every node holds the same catalog (names, ids, members: the same placement).
         let catalogs = catalogs(&nodes).await;
         assert_eq!(catalogs[0], catalogs[1]);
