@@ -19,7 +19,13 @@ use hdrhistogram::Histogram;
 const CREATE_CONCURRENCY: usize = 64;
 const WRITE_GROUPS: usize = 100;
 const WRITE_SECONDS: f64 = 3.0;
-const IDLE_SECONDS: f64 = 3.0;
+/// The idle measurement, seconds (`FLEET_BENCH_IDLE_SECONDS` to change it, say to profile it).
+fn idle_seconds() -> f64 {
+    std::env::var("FLEET_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
+}
 const VALUE_BYTES: usize = 100;
 
 struct Node {
@@ -226,11 +232,14 @@ fn main() {
             write_rows.push((clients, writes(&nodes, clients).await));
         }
 
-        // Idle: every group quiesces; measure the process's CPU (three nodes share it).
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Idle: every group quiesces and the storage writers finish moving the write phase's
+        // log into segments (background checkpoints); then measure the process's CPU (three
+        // nodes share it).
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let cpu0 = cpu_seconds();
-        tokio::time::sleep(Duration::from_secs_f64(IDLE_SECONDS)).await;
-        let idle_cpu_per_node = (cpu_seconds() - cpu0) / IDLE_SECONDS / 3.0 * 100.0;
+        let idle = idle_seconds();
+        tokio::time::sleep(Duration::from_secs_f64(idle)).await;
+        let idle_cpu_per_node = (cpu_seconds() - cpu0) / idle / 3.0 * 100.0;
         let rss_per_node = resident_mib() / 3.0;
 
         // Failover: stop the node that leads the most groups; time until every group that had
