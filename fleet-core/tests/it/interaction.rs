@@ -488,7 +488,10 @@ impl Env {
                     self.node(n).replica.tick();
                 }
             }
-            "suspect" => self.node(n).replica.suspect_leader(),
+            "suspect" => match arg::<u32>(tc, "ticks") {
+                Some(ticks) => self.node(n).replica.suspect_leader_in(ticks),
+                None => self.node(n).replica.suspect_leader(),
+            },
             "propose" => {
                 let key: String = need(tc, "key");
                 let value: String = need(tc, "value");
