@@ -287,6 +287,11 @@ mod cluster {
             .entry
             .address
             .clone();
+        assert_eq!(
+            n1.fleet.local_addr().map(|a| a.to_string()),
+            Some(addr.clone()),
+            "the bound address is the one the catalog advertises"
+        );
         let n2 = start_node(&ca, "n2", vec![addr.clone()], tempfile::tempdir().unwrap()).await;
         n2.fleet.activate("zone-b").await.expect("n2 joins");
         let n3 = start_node(&ca, "n3", vec![addr], tempfile::tempdir().unwrap()).await;
