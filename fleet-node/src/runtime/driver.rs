@@ -114,8 +114,6 @@ struct Slot {
     waiters: BTreeMap<Index, Waiter>,
     reads: BTreeMap<u64, ReadWaiter>,
     stopped: Option<String>,
-    /// The hard state of the last Ready that carried one (what is or will be on disk).
-    last_hard_state: fleet_core::HardState,
     /// Catalog commands proposed by this node, answered when applied.
     catalog_waiters: BTreeMap<Index, (Term, oneshot::Sender<Result<CatalogOutput, FleetError>>)>,
 }
@@ -124,7 +122,6 @@ impl Slot {
     fn new(name: String, replica: Replica, machine: Box<dyn HostedMachine>) -> Self {
         Slot {
             name,
-            last_hard_state: replica.hard_state(),
             replica,
             machine,
             waiters: BTreeMap::new(),
@@ -1489,9 +1486,6 @@ impl Driver {
             if ss.role == Role::Candidate {
                 metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
             }
-        }
-        if let Some(hs) = rd.hard_state {
-            slot.last_hard_state = hs;
         }
         if slot.replica.is_quiesced() {
             self.awake.remove(&g);
