@@ -197,7 +197,7 @@ fn main() {
         let ca = CertificateAuthority::generate("bench", Validity::days_from_now(1)).expect("ca");
         let n1 = start(&ca, "n1", vec![]).await;
         n1.fleet.activate("zone-a").await.expect("activate");
-        let addr = n1.fleet.status().await.expect("status").nodes[0].entry.address.clone();
+        let addr = n1.fleet.local_addr().expect("bound").to_string();
         let n2 = start(&ca, "n2", vec![addr.clone()]).await;
         n2.fleet.activate("zone-b").await.expect("activate");
         let n3 = start(&ca, "n3", vec![addr]).await;

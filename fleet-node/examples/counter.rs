@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("activating {name} in {zone}"))?;
         if first_address.is_none() {
-            first_address = Some(address_of(&node).await?);
+            first_address = Some(address_of(&node)?);
         }
         println!("{name} active in {zone}");
         fleet.push(node);
@@ -170,14 +170,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The address the node registered in the catalog (the bound address, since no `advertise` was
-/// given): the one the others join through.
-async fn address_of(node: &Fleet) -> anyhow::Result<String> {
-    let status = node.status().await?;
-    status
-        .nodes
-        .iter()
-        .find(|n| n.entry.name == node.name())
-        .map(|n| n.entry.address.clone())
-        .with_context(|| format!("{} is not in its own catalog after activating", node.name()))
+/// The address the others join through: the bound address, since no `advertise` was given.
+fn address_of(node: &Fleet) -> anyhow::Result<String> {
+    node.local_addr()
+        .map(|a| a.to_string())
+        .with_context(|| format!("{} has no transport", node.name()))
 }

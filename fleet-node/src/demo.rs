@@ -325,16 +325,11 @@ impl Demo {
             node.activate(zone)
                 .await
                 .with_context(|| format!("activating {name} in {zone} ({how})"))?;
-            let status = node
-                .status()
-                .await
-                .with_context(|| format!("asking {name} for its status"))?;
-            let address = status
-                .nodes
-                .iter()
-                .find(|n| n.entry.name == name)
-                .map(|n| n.entry.address.clone())
-                .with_context(|| format!("{name} is not in its own catalog after activating"))?;
+            // With no `advertise` given, the bound address is the one peers join through.
+            let address = node
+                .local_addr()
+                .with_context(|| format!("{name} has no transport"))?
+                .to_string();
             rows.push(NodeRow {
                 name: name.to_owned(),
                 zone: zone.to_owned(),
