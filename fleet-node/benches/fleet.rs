@@ -110,7 +110,9 @@ struct Costs {
     frames: f64,
 }
 
-async fn writes(nodes: &[Node], clients: usize) -> (f64, f64, f64, Costs) {
+/// Writes over the first `min(WRITE_GROUPS, groups)` groups.
+async fn writes(nodes: &[Node], clients: usize, groups: usize) -> (f64, f64, f64, Costs) {
+    let write_groups = WRITE_GROUPS.min(groups).max(1);
     let commits0 = counter("fleet_storage_commits_total");
     let frames0 = counter("fleet_transport_frames_sent_total");
     let hist = Arc::new(std::sync::Mutex::new(
@@ -126,7 +128,7 @@ async fn writes(nodes: &[Node], clients: usize) -> (f64, f64, f64, Costs) {
             let mut ops = 0u64;
             let mut i = c;
             while Instant::now() < deadline {
-                let group = format!("g{}", i % WRITE_GROUPS);
+                let group = format!("g{}", i % write_groups);
                 i += clients;
                 let started = Instant::now();
                 let cmd = KvCommand::Put {
@@ -229,7 +231,7 @@ fn main() {
 
         let mut write_rows = Vec::new();
         for clients in client_counts() {
-            write_rows.push((clients, writes(&nodes, clients).await));
+            write_rows.push((clients, writes(&nodes, clients, groups).await));
         }
 
         // Idle: every group quiesces and the storage writers finish moving the write phase's
