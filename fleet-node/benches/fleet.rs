@@ -28,6 +28,14 @@ fn idle_seconds() -> f64 {
 }
 const VALUE_BYTES: usize = 100;
 
+/// Workers per node: `FLEET_BENCH_WORKERS`, else the default (one per core, at most 4).
+fn workers() -> usize {
+    std::env::var("FLEET_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(fleet_node::runtime::default_workers)
+}
+
 struct Node {
     fleet: Fleet,
     _dir: tempfile::TempDir,
@@ -48,7 +56,10 @@ async fn start(ca: &CertificateAuthority, name: &str, join: Vec<String>) -> Node
     let fleet = Fleet::builder()
         .name(name)
         .data_dir(dir.path())
-        .settings(Settings::default())
+        .settings(Settings {
+            workers: workers(),
+            ..Settings::default()
+        })
         .listen("127.0.0.1:0".parse().expect("addr"))
         .tls(tls)
         .join(join)

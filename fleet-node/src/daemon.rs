@@ -23,6 +23,7 @@
 //! | `--heartbeat-interval` | `FLEET_HEARTBEAT_INTERVAL` | `heartbeat_interval` | `100ms` |
 //! | `--quiesce-after` | `FLEET_QUIESCE_AFTER` | `quiesce_after` | `200ms` (`0s`: never) |
 //! | `--request-timeout` | `FLEET_REQUEST_TIMEOUT` | `request_timeout` | `10s` |
+//! | `--workers` | `FLEET_WORKERS` | `workers` | one per core, at most 4 |
 //!
 //! The Raft timings are whole ticks: a duration is rounded up to the next multiple of `tick`.
 //! The election timeout is the lower end of the randomized timeout (drawn in `[t, 2t)`), and must
@@ -131,6 +132,9 @@ pub struct RunArgs {
     /// How long a command or query may take, retries included [default: 10s].
     #[arg(long, env = "FLEET_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
+    /// Worker tasks driving the node's groups, 1 to 64 [default: one per core, at most 4].
+    #[arg(long, env = "FLEET_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
     /// Print the effective configuration as TOML (usable as --config) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -209,6 +213,9 @@ pub struct FileConfig {
         with = "human_duration"
     )]
     pub request_timeout: Option<Duration>,
+    /// See [`RunArgs::workers`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 /// `Option<Duration>` as a human string in TOML.
@@ -449,9 +456,17 @@ impl RunArgs {
                 "request timeout must be longer than 0s".into(),
             ));
         }
+        let workers = self.workers.or(file.workers).unwrap_or(defaults.workers);
+        if workers == 0 || workers > crate::runtime::WORKERS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "--workers is {workers}; give from 1 to {}",
+                crate::runtime::WORKERS_MAX
+            )));
+        }
         Ok(Settings {
             tick,
             election_timeout_ticks,
+            workers,
             heartbeat_interval_ticks,
             quiesce_after_ticks: ticks("quiesce after", quiesce, tick)?,
             request_timeout,
@@ -479,6 +494,7 @@ impl DaemonConfig {
             heartbeat_interval: Some(s.tick * s.heartbeat_interval_ticks),
             quiesce_after: Some(s.tick * s.quiesce_after_ticks),
             request_timeout: Some(s.request_timeout),
+            workers: Some(s.workers),
         }
     }
 }

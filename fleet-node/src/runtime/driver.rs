@@ -1,4 +1,6 @@
-//! The node loop: one task that drives every group hosted on this node.
+//! The node's workers: a few tasks that drive every group hosted on this node, each the groups
+//! of its shard (`shard_of`). Worker 0 also holds the meta group (the catalog) and the node-wide
+//! duties: joining, catalog changes, meta membership, peer liveness.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::leader_cache::{self, LeaderCache};
 use super::rpc::{self, Directory, Rpc};
@@ -25,7 +28,7 @@ use crate::catalog::{
 use crate::metrics as m;
 use crate::registry::{HostedMachine, Registry, state_of};
 use crate::storage::{GroupWrite, RecoveredGroup, Store, StoreConfig, WriteBatch, WriteOutcome};
-use crate::transport::{Inbound, InboundFrame, Transport};
+use crate::transport::{InboundFrame, Transport};
 
 /// The kind name of the meta group's state machine, the catalog.
 pub(crate) const META_KIND: &str = "fleet.catalog";
@@ -149,56 +152,136 @@ struct Batch {
 /// A caller waiting for a group, by name, to serve here, until a deadline.
 type ServingWaiter = (String, Instant, oneshot::Sender<Result<(), FleetError>>);
 
-/// The node's network side, when it has one.
+/// The node's network side, when it has one (every worker holds a clone).
+#[derive(Clone)]
 pub(crate) struct Net {
     pub transport: Transport<Message>,
-    pub frames: tokio::sync::mpsc::Receiver<InboundFrame<Message>>,
     pub directory: Arc<Directory>,
     pub leader_cache: Arc<LeaderCache>,
     /// The address peers dial to reach this node.
     pub advertise: String,
 }
 
-impl Net {
-    pub(crate) fn new(
-        transport: Transport<Message>,
-        inbound: Inbound<Message>,
-        directory: Arc<Directory>,
-        leader_cache: Arc<LeaderCache>,
-        advertise: String,
-    ) -> (
-        Net,
-        tokio::sync::mpsc::Receiver<crate::transport::InboundRequest>,
-    ) {
-        let Inbound {
-            frames, requests, ..
-        } = inbound;
-        (
-            Net {
-                transport,
-                frames,
-                directory,
-                leader_cache,
-                advertise,
-            },
-            requests,
-        )
+async fn next_frame(
+    frames: &mut Option<mpsc::Receiver<InboundFrame<Message>>>,
+) -> Option<InboundFrame<Message>> {
+    match frames {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
     }
 }
 
-async fn next_frame(net: &mut Option<Net>) -> Option<InboundFrame<Message>> {
-    match net {
-        Some(n) => n.frames.recv().await,
-        None => std::future::pending().await,
+/// The worker that drives group `g` among `workers`: the meta group is always worker 0's.
+pub(crate) fn shard_of(g: GroupId, workers: usize) -> usize {
+    if g == META_GROUP || workers <= 1 {
+        0
+    } else {
+        (g.0 % workers as u64) as usize
+    }
+}
+
+/// Splits the transport's frames by worker: each worker gets the messages for its groups, one
+/// frame per inbound frame that has some. The queues are bounded, so a slow worker slows the
+/// transport (backpressure), as a slow single loop would.
+pub(crate) async fn demux(
+    mut frames: mpsc::Receiver<InboundFrame<Message>>,
+    to: Vec<mpsc::Sender<InboundFrame<Message>>>,
+) {
+    let n = to.len();
+    while let Some(frame) = frames.recv().await {
+        let mut parts: Vec<Vec<(GroupId, Message)>> = (0..n).map(|_| Vec::new()).collect();
+        for (g, m) in frame.messages {
+            parts[shard_of(g, n)].push((g, m));
+        }
+        for (w, messages) in parts.into_iter().enumerate() {
+            if !messages.is_empty() {
+                let part = InboundFrame {
+                    from: frame.from.clone(),
+                    messages,
+                };
+                // A worker that stopped drops its share; the others go on.
+                let _ = to[w].send(part).await;
+            }
+        }
+    }
+}
+
+/// What one worker tells another. Unbounded, but bounded by what causes it: requests already
+/// admitted by a bounded queue, catalog entries as they apply, suspicions of peers.
+pub(crate) enum Control {
+    /// Catalog news for the receiving worker's groups (`full`: every one of them, replacing what
+    /// it knew; else these changed). `names` and `node_id` come with full news.
+    Catalog {
+        names: Option<Arc<HashMap<u64, String>>>,
+        node_id: Option<u64>,
+        groups: Vec<GroupEntry>,
+        full: bool,
+    },
+    /// Peers (by node id) silent for an election timeout: `newly` just now, `all` of them.
+    Suspected {
+        newly: BTreeSet<u64>,
+        all: BTreeSet<u64>,
+    },
+    /// A request for a group the receiver drives. `routed`: worker 0 looked the group up in the
+    /// catalog and sent it here, so it is not sent on again.
+    Request { req: Request, routed: bool },
+}
+
+/// What the workers of one node share.
+pub(crate) struct Workers {
+    /// Each worker's control queue.
+    pub controls: Vec<mpsc::UnboundedSender<Control>>,
+    /// Group names to ids, to route a request to the worker of its group. Worker 0 writes it as
+    /// it applies the catalog, after telling the group's worker.
+    pub index: dashmap::DashMap<String, GroupId>,
+    /// Per worker: replicas hosted, replicas leading, entries committed but not applied.
+    pub hosted: Vec<AtomicU64>,
+    pub leading: Vec<AtomicU64>,
+    pub lag: Vec<AtomicU64>,
+}
+
+impl Workers {
+    pub(crate) fn new(controls: Vec<mpsc::UnboundedSender<Control>>) -> Self {
+        let n = controls.len();
+        let zeros = || (0..n).map(|_| AtomicU64::new(0)).collect();
+        Workers {
+            controls,
+            index: dashmap::DashMap::new(),
+            hosted: zeros(),
+            leading: zeros(),
+            lag: zeros(),
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// The worker that drives the named group (worker 0, which holds the catalog, for a name
+    /// not indexed yet).
+    pub(crate) fn of_name(&self, name: &str) -> usize {
+        self.index
+            .get(name)
+            .map_or(0, |g| shard_of(*g, self.count()))
+    }
+
+    fn sum(v: &[AtomicU64]) -> u64 {
+        v.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
 }
 
 pub(crate) struct Driver {
     name: String,
+    /// This worker's index (0 holds the meta group).
+    shard: usize,
+    workers: Arc<Workers>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    /// The catalog entries of this worker's groups, by name (worker 0 sends them).
+    entries: HashMap<String, GroupEntry>,
     node_id: Option<u64>,
     settings: Settings,
-    registry: Registry,
-    store: Store,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
     rng: rand_chacha::ChaCha8Rng,
     slots: HashMap<GroupId, Slot>,
     /// Groups that are not quiesced: the only ones ticked.
@@ -210,12 +293,16 @@ pub(crate) struct Driver {
     done_tx: mpsc::UnboundedSender<(u64, Result<WriteOutcome, FleetError>)>,
     done_rx: mpsc::UnboundedReceiver<(u64, Result<WriteOutcome, FleetError>)>,
     next_read: u64,
-    /// New replicas' bootstraps: written before the next pass's Readys of the same batch.
+    /// New replicas' registrations and bootstraps: written before the next pass's Readys of the
+    /// same batch, in its commit.
+    creates: Vec<(GroupId, ReplicaId, String)>,
     extra_writes: Vec<GroupWrite>,
     /// Local snapshots: written first in the next batch. The store takes a snapshot only ahead
     /// of its group's other writes in a batch, and the entries it covers are in earlier batches.
     snapshot_writes: Vec<GroupWrite>,
     net: Option<Net>,
+    /// This worker's share of the frames peers send.
+    frames: Option<mpsc::Receiver<InboundFrame<Message>>>,
     /// Messages to send at the end of this round, by destination node.
     outbox: HashMap<String, Vec<(GroupId, Message)>>,
     /// Node names by id, from the catalog.
@@ -241,64 +328,84 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// Opens storage and rebuilds every hosted group (blocking: run it off the async threads).
+    /// Opens storage and rebuilds every hosted group, each in the worker of its shard (blocking:
+    /// run it off the async threads). `frames` holds one receiver per worker when there is a
+    /// network; `controls` one receiver per worker, matching `workers.controls`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         name: String,
         data_dir: PathBuf,
         settings: Settings,
         registry: Registry,
         net: Option<Net>,
-    ) -> Result<Self, FleetError> {
+        frames: Vec<mpsc::Receiver<InboundFrame<Message>>>,
+        workers: Arc<Workers>,
+        controls: Vec<mpsc::UnboundedReceiver<Control>>,
+    ) -> Result<(Vec<Driver>, Arc<Store>), FleetError> {
         let (store, report) = Store::open(StoreConfig::new(&data_dir))?;
-        info!(node = %name, groups = report.groups.len(), elapsed = ?report.elapsed, "storage opened");
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(name.as_bytes());
-            h.finish()
-        };
-        let mut driver = Driver {
-            name,
-            node_id: None,
-            settings,
-            registry,
-            store,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            slots: HashMap::new(),
-            awake: BTreeSet::new(),
-            dirty: BTreeSet::new(),
-            batches: VecDeque::new(),
-            next_batch: 1,
-            done_tx,
-            done_rx,
-            next_read: 1,
-            extra_writes: Vec::new(),
-            snapshot_writes: Vec::new(),
-            catalog_queue: VecDeque::new(),
-            net,
-            outbox: HashMap::new(),
-            names: HashMap::new(),
-            suspected: BTreeSet::new(),
-            last_sent: HashMap::new(),
-            pending_campaigns: Vec::new(),
-            ticks: 0,
-            serving_waiters: Vec::new(),
-            joined_waiter: None,
-            failed: None,
-        };
-        for group in &report.groups {
-            driver.recover(group)?;
+        info!(node = %name, groups = report.groups.len(), elapsed = ?report.elapsed, workers = workers.count(), "storage opened");
+        let store = Arc::new(store);
+        let registry = Arc::new(registry);
+        let mut frames = frames.into_iter();
+        let mut drivers = Vec::with_capacity(workers.count());
+        for (shard, control_rx) in controls.into_iter().enumerate() {
+            let (done_tx, done_rx) = mpsc::unbounded_channel();
+            let seed = {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write(name.as_bytes());
+                h.write_usize(shard);
+                h.finish()
+            };
+            drivers.push(Driver {
+                name: name.clone(),
+                shard,
+                workers: workers.clone(),
+                control_rx,
+                entries: HashMap::new(),
+                node_id: None,
+                settings: settings.clone(),
+                registry: registry.clone(),
+                store: store.clone(),
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+                slots: HashMap::new(),
+                awake: BTreeSet::new(),
+                dirty: BTreeSet::new(),
+                batches: VecDeque::new(),
+                next_batch: 1,
+                done_tx,
+                done_rx,
+                next_read: 1,
+                creates: Vec::new(),
+                extra_writes: Vec::new(),
+                snapshot_writes: Vec::new(),
+                catalog_queue: VecDeque::new(),
+                net: net.clone(),
+                frames: frames.next(),
+                outbox: HashMap::new(),
+                names: HashMap::new(),
+                suspected: BTreeSet::new(),
+                last_sent: HashMap::new(),
+                pending_campaigns: Vec::new(),
+                ticks: 0,
+                serving_waiters: Vec::new(),
+                joined_waiter: None,
+                failed: None,
+            });
         }
-        if driver.slots.contains_key(&META_GROUP) {
-            driver.node_id = driver
+        for group in &report.groups {
+            drivers[shard_of(group.group, workers.count())].recover(group)?;
+        }
+        let control = &mut drivers[0];
+        if control.slots.contains_key(&META_GROUP) {
+            control.node_id = control
                 .catalog()
-                .and_then(|c| c.node(&driver.name))
+                .and_then(|c| c.node(&control.name))
                 .map(|n| n.id);
             // What the recovered catalog places here (the rest of its log replays later).
-            driver.reconcile_hosting(None);
+            control.publish_catalog(None);
         }
-        Ok(driver)
+        Ok((drivers, store))
     }
 
     fn replica_config(&self, id: ReplicaId) -> Config {
@@ -363,8 +470,17 @@ impl Driver {
     }
 
     fn group_id(&self, name: &str) -> Result<GroupEntry, FleetError> {
+        if let Some(entry) = self.entries.get(name) {
+            if entry.state == GroupState::Removed {
+                return Err(FleetError::NoSuchGroup(name.to_string()));
+            }
+            return Ok(entry.clone());
+        }
+        if self.shard != 0 {
+            return Err(FleetError::NoSuchGroup(name.to_string()));
+        }
         let catalog = self.catalog().ok_or(FleetError::NotActive)?;
-        let Some(entry) = catalog.group(name) else {
+        if catalog.group(name).is_none() {
             // A catalog still replaying its log after a restart may not know the group yet.
             let meta = &self.slots[&META_GROUP];
             if meta.machine.applied() < meta.replica.committed() {
@@ -373,12 +489,8 @@ impl Driver {
                     term: 0,
                 });
             }
-            return Err(FleetError::NoSuchGroup(name.to_string()));
-        };
-        if entry.state == GroupState::Removed {
-            return Err(FleetError::NoSuchGroup(name.to_string()));
         }
-        Ok(entry.clone())
+        Err(FleetError::NoSuchGroup(name.to_string()))
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -392,7 +504,10 @@ impl Driver {
             tokio::select! {
                 biased;
                 Some((id, result)) = self.done_rx.recv() => self.write_done(id, result),
-                Some(frame) = next_frame(&mut self.net) => self.receive(frame),
+                // Before requests: a request routed here by the name index finds the catalog
+                // news that preceded it (worker 0 tells the worker, then indexes the name).
+                Some(c) = self.control_rx.recv() => self.control(c),
+                Some(frame) = next_frame(&mut self.frames) => self.receive(frame),
                 _ = ticker.tick() => self.tick(),
                 req = rx.recv(), if shutdown.is_none() => match req {
                     Some(Request::Shutdown { reply }) => shutdown = Some(reply),
@@ -409,13 +524,28 @@ impl Driver {
                     self.write_done(id, result);
                     took = true;
                 }
-                if let Some(net) = &mut self.net
-                    && let Ok(frame) = net.frames.try_recv()
+                // Every queued control message goes before the next request (see above).
+                let mut controls_left = true;
+                for _ in 0..INPUTS_PER_ROUND_MAX {
+                    match self.control_rx.try_recv() {
+                        Ok(c) => {
+                            self.control(c);
+                            took = true;
+                        }
+                        Err(_) => {
+                            controls_left = false;
+                            break;
+                        }
+                    }
+                }
+                if let Some(frames) = &mut self.frames
+                    && let Ok(frame) = frames.try_recv()
                 {
                     self.receive(frame);
                     took = true;
                 }
                 if shutdown.is_none()
+                    && !controls_left
                     && let Ok(req) = rx.try_recv()
                 {
                     match req {
@@ -450,16 +580,30 @@ impl Driver {
                 let _ = r.reply.send(Err(err()));
             }
         }
-        let closed = tokio::task::spawn_blocking(move || self.store.close()).await;
+        // The node's handle closes the store once every worker has stopped.
         if let Some(reply) = shutdown {
-            let result = match (failure, closed) {
-                (Some(f), _) => Err(FleetError::Storage(f)),
-                (None, Ok(Ok(()))) => Ok(()),
-                (None, Ok(Err(e))) => Err(e.into()),
-                (None, Err(e)) => Err(FleetError::Storage(e.to_string())),
-            };
-            let _ = reply.send(result);
+            let _ = reply.send(failure.map_or(Ok(()), |f| Err(FleetError::Storage(f))));
         }
+    }
+
+    /// What another worker sends.
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Catalog {
+                names,
+                node_id,
+                groups,
+                full,
+            } => self.learn_catalog(names, node_id, groups, full),
+            Control::Suspected { newly, all } => self.suspect(&newly, &all),
+            Control::Request { req, routed } => self.handle_routed(req, routed),
+        }
+    }
+
+    /// Sends a control message to worker `w`. A request sent to a worker that stopped is
+    /// dropped, which answers its caller `Shutdown`.
+    fn tell(&self, w: usize, c: Control) {
+        let _ = self.workers.controls[w].send(c);
     }
 
     /// Steps the messages of a frame into the replicas they are for. Messages for groups this
@@ -532,6 +676,22 @@ impl Driver {
             .filter(|(_, n)| newly_suspected.contains(n))
             .map(|(id, _)| *id)
             .collect();
+        info!(node = %self.name, peers = ?newly_suspected, "peers silent for an election timeout; electing new leaders for their groups");
+        for w in 1..self.workers.count() {
+            self.tell(
+                w,
+                Control::Suspected {
+                    newly: newly.clone(),
+                    all: suspected_ids.clone(),
+                },
+            );
+        }
+        self.suspect(&newly, &suspected_ids);
+    }
+
+    /// Peers `newly` were found silent (`all`: every silent peer): the groups of this worker
+    /// they lead forget their leader and campaign in placement order.
+    fn suspect(&mut self, newly: &BTreeSet<u64>, all: &BTreeSet<u64>) {
         let affected: Vec<(GroupId, u32)> = self
             .slots
             .iter()
@@ -542,9 +702,11 @@ impl Driver {
                         .leader()
                         .is_some_and(|l| newly.contains(&l.node.0))
             })
-            .map(|(g, s)| (*g, self.campaign_rank(*g, s, &suspected_ids)))
+            .map(|(g, s)| (*g, self.campaign_rank(*g, s, all)))
             .collect();
-        info!(node = %self.name, peers = ?newly_suspected, groups = affected.len(), "peers silent for an election timeout; electing new leaders for their groups");
+        if !affected.is_empty() {
+            info!(node = %self.name, worker = self.shard, groups = affected.len(), "groups of silent peers campaign in placement order");
+        }
         for (g, rank) in affected {
             let delay = LIVENESS_CAMPAIGN_TICKS + rank * LIVENESS_CAMPAIGN_SPACING_TICKS;
             self.slots
@@ -561,8 +723,8 @@ impl Driver {
     fn campaign_rank(&self, g: GroupId, slot: &Slot, suspected: &BTreeSet<u64>) -> u32 {
         let me = slot.replica.id();
         let order: Vec<u64> = self
-            .catalog()
-            .and_then(|c| c.group(&slot.name))
+            .entries
+            .get(&slot.name)
             .filter(|e| e.id == g)
             .map(|e| e.initial_members.iter().map(|m| m.node.0).collect())
             .unwrap_or_default();
@@ -589,7 +751,9 @@ impl Driver {
 
     fn tick(&mut self) {
         self.ticks += 1;
-        self.liveness();
+        if self.shard == 0 {
+            self.liveness();
+        }
         let due: Vec<GroupId> = self
             .pending_campaigns
             .iter()
@@ -623,7 +787,8 @@ impl Driver {
         }
     }
 
-    /// Gauges that need a pass over every hosted group: taken rarely.
+    /// Gauges that need a pass over every hosted group: taken rarely. Each worker counts its
+    /// own groups; worker 0 sets the node's gauges from the sums.
     fn record_gauges(&self) {
         let leading = self
             .slots
@@ -635,9 +800,14 @@ impl Driver {
             .values()
             .map(|s| s.replica.committed().saturating_sub(s.machine.applied()))
             .sum();
-        metrics::gauge!(m::GROUPS_HOSTED).set(self.slots.len() as f64);
-        metrics::gauge!(m::GROUPS_LEADING).set(leading as f64);
-        metrics::gauge!(m::APPLY_LAG_ENTRIES).set(lag as f64);
+        let w = &self.workers;
+        w.leading[self.shard].store(leading as u64, Ordering::Relaxed);
+        w.lag[self.shard].store(lag, Ordering::Relaxed);
+        if self.shard == 0 {
+            metrics::gauge!(m::GROUPS_HOSTED).set(Workers::sum(&w.hosted) as f64);
+            metrics::gauge!(m::GROUPS_LEADING).set(Workers::sum(&w.leading) as f64);
+            metrics::gauge!(m::APPLY_LAG_ENTRIES).set(Workers::sum(&w.lag) as f64);
+        }
     }
 
     /// Whether a group has a leader whose no-op of its term is committed (it serves).
@@ -654,6 +824,31 @@ impl Driver {
     }
 
     fn handle(&mut self, req: Request) {
+        self.handle_routed(req, false)
+    }
+
+    fn handle_routed(&mut self, req: Request, routed: bool) {
+        // A request for a group this worker does not know goes to worker 0, which holds the
+        // catalog and sends it on to the group's worker (or answers it: no such group).
+        let known = req
+            .group_name()
+            .is_none_or(|name| self.entries.contains_key(name));
+        if !known {
+            if self.shard != 0 {
+                if !routed {
+                    self.tell(0, Control::Request { req, routed: false });
+                    return;
+                }
+            } else if let Some(owner) = req
+                .group_name()
+                .and_then(|name| self.catalog()?.group(name))
+                .map(|e| shard_of(e.id, self.workers.count()))
+                .filter(|w| *w != 0)
+            {
+                self.tell(owner, Control::Request { req, routed: true });
+                return;
+            }
+        }
         match req {
             Request::Activate { zone, reply } => self.activate(zone, reply),
             Request::CreateGroup {
@@ -712,11 +907,17 @@ impl Driver {
                 let _ = reply.send(name);
             }
             Request::GroupStatus { name, reply } => {
-                let status = self.catalog().ok_or(FleetError::NotActive).and_then(|c| {
-                    let entry = c.group(&name).ok_or(FleetError::NoSuchGroup(name))?;
-                    Ok(self.group_status(c, entry))
-                });
+                let status = match self.entries.get(&name) {
+                    Some(entry) => Ok(self.group_status(entry)),
+                    None if self.shard == 0 && self.catalog().is_none() => {
+                        Err(FleetError::NotActive)
+                    }
+                    None => Err(FleetError::NoSuchGroup(name)),
+                };
                 let _ = reply.send(status);
+            }
+            Request::ShardStatus { reply } => {
+                let _ = reply.send(self.shard_statuses());
             }
             Request::Health { reply } => {
                 let _ = reply.send(self.health());
@@ -858,7 +1059,20 @@ impl Driver {
         }
         let timeout = self.settings.request_timeout;
         for (name, deadline, reply) in std::mem::take(&mut self.serving_waiters) {
-            let id = self.catalog().and_then(|c| c.group(&name)).map(|g| g.id);
+            if self.shard == 0
+                && !self.entries.contains_key(&name)
+                && let Some(owner) = self
+                    .catalog()
+                    .and_then(|c| c.group(&name))
+                    .map(|e| shard_of(e.id, self.workers.count()))
+                    .filter(|w| *w != 0)
+            {
+                // The catalog now has the group, driven by another worker: wait there.
+                let req = Request::AwaitServing { group: name, reply };
+                self.tell(owner, Control::Request { req, routed: true });
+                continue;
+            }
+            let id = self.entries.get(&name).map(|g| g.id);
             if id.is_some_and(|g| self.serves(g)) {
                 let _ = reply.send(Ok(()));
             } else if now >= deadline {
@@ -1186,12 +1400,12 @@ impl Driver {
     }
 
     /// One group as this node knows it.
-    fn group_status(&self, catalog: &Catalog, entry: &GroupEntry) -> GroupStatus {
+    fn group_status(&self, entry: &GroupEntry) -> GroupStatus {
         let slot = self.slots.get(&entry.id);
         let leader = slot
             .and_then(|s| s.replica.leader())
-            .and_then(|l| catalog.node_by_id(l.node.0))
-            .map(|n| n.name.clone());
+            .and_then(|l| self.names.get(&l.node.0))
+            .cloned();
         let stopped = slot.and_then(|s| s.stopped.clone());
         GroupStatus {
             entry: entry.clone(),
@@ -1202,6 +1416,14 @@ impl Driver {
             applied: slot.map_or(0, |s| s.machine.applied()),
             stopped,
         }
+    }
+
+    /// The status of every group of this worker's shard.
+    fn shard_statuses(&self) -> Vec<GroupStatus> {
+        self.entries
+            .values()
+            .map(|e| self.group_status(e))
+            .collect()
     }
 
     /// The meta group's leader, by name.
@@ -1221,8 +1443,8 @@ impl Driver {
                 .map(|n| n.state),
             has_catalog: self.catalog().is_some(),
             meta_leader: self.meta_leader(),
-            groups_hosted: self.slots.len(),
-            failed: self.failed.clone(),
+            groups_hosted: Workers::sum(&self.workers.hosted) as usize,
+            failed: self.failed.clone().or_else(|| self.store.failure()),
         }
     }
 
@@ -1235,10 +1457,8 @@ impl Driver {
                 groups: Vec::new(),
             };
         };
-        let groups = catalog
-            .groups()
-            .map(|entry| self.group_status(catalog, entry))
-            .collect();
+        // The other workers' groups are added by the caller (`Request::ShardStatus`).
+        let groups = self.shard_statuses();
         let nodes = catalog
             .nodes()
             .map(|n| NodeStatus {
@@ -1295,46 +1515,124 @@ impl Driver {
         Ok(())
     }
 
-    /// Hosts the groups the catalog places on this node that are not hosted yet: every group
-    /// (`created` is `None`: after a change of nodes, a restart, a catalog snapshot), or only the
-    /// groups just created. New replicas are registered in the store in one commit.
-    fn reconcile_hosting(&mut self, created: Option<Vec<String>>) {
+    /// Worker 0, after the catalog changed: tells every worker the news of its groups (all of
+    /// them when `changed` is `None`: after a change of nodes, a restart, a catalog snapshot;
+    /// else the groups named), then indexes the names for routing.
+    fn publish_catalog(&mut self, changed: Option<Vec<String>>) {
         let Some(catalog) = self.catalog() else {
             return;
         };
-        let candidates: Vec<GroupEntry> = match &created {
-            None => {
-                let names: HashMap<u64, String> =
-                    catalog.nodes().map(|n| (n.id, n.name.clone())).collect();
-                if let Some(net) = &self.net {
-                    net.directory.update(catalog, &self.name);
-                }
-                let unnamed: Vec<(GroupId, String)> = catalog
-                    .groups()
-                    .filter(|g| self.slots.get(&g.id).is_some_and(|s| s.name.is_empty()))
-                    .map(|g| (g.id, g.name.clone()))
-                    .collect();
-                let all = catalog.groups().cloned().collect();
-                self.names = names;
-                for (id, name) in unnamed {
-                    self.slots.get_mut(&id).expect("hosted").name = name;
-                }
-                all
+        let n = self.workers.count();
+        let full = changed.is_none();
+        let (names, node_id) = if full {
+            if let Some(net) = &self.net {
+                net.directory.update(catalog, &self.name);
             }
+            let names: HashMap<u64, String> =
+                catalog.nodes().map(|n| (n.id, n.name.clone())).collect();
+            (
+                Some(Arc::new(names)),
+                catalog.node(&self.name).map(|n| n.id),
+            )
+        } else {
+            (None, None)
+        };
+        let entries: Vec<GroupEntry> = match &changed {
+            None => catalog.groups().cloned().collect(),
             Some(names) => names
                 .iter()
                 .filter_map(|n| catalog.group(n))
                 .cloned()
                 .collect(),
         };
-        let Some(me) = self
-            .catalog()
-            .and_then(|c| c.node(&self.name))
-            .map(|n| n.id)
-        else {
+        let index: Vec<(String, GroupId)> =
+            entries.iter().map(|e| (e.name.clone(), e.id)).collect();
+        let mut parts: Vec<Vec<GroupEntry>> = (0..n).map(|_| Vec::new()).collect();
+        for e in entries {
+            parts[shard_of(e.id, n)].push(e);
+        }
+        let mut own = Vec::new();
+        for (w, groups) in parts.into_iter().enumerate() {
+            if w == self.shard {
+                own = groups;
+            } else {
+                let names = names.clone();
+                self.tell(
+                    w,
+                    Control::Catalog {
+                        names,
+                        node_id,
+                        groups,
+                        full,
+                    },
+                );
+            }
+        }
+        if full {
+            let known: std::collections::HashSet<&str> =
+                index.iter().map(|(name, _)| name.as_str()).collect();
+            self.workers
+                .index
+                .retain(|name, _| known.contains(name.as_str()));
+        }
+        for (name, id) in index {
+            self.workers.index.insert(name, id);
+        }
+        self.learn_catalog(names, node_id, own, full);
+        if !self.serving_waiters.is_empty() {
+            // Callers parked here for groups the catalog did not have yet go to their worker.
+            self.answer_serving_waiters();
+        }
+    }
+
+    /// Catalog news for this worker's groups: remember them, and host what is placed here.
+    fn learn_catalog(
+        &mut self,
+        names: Option<Arc<HashMap<u64, String>>>,
+        node_id: Option<u64>,
+        groups: Vec<GroupEntry>,
+        full: bool,
+    ) {
+        if let Some(names) = names {
+            self.names = (*names).clone();
+        }
+        if node_id.is_some() {
+            self.node_id = node_id;
+        }
+        if full {
+            self.entries.clear();
+        }
+        let mut changed = Vec::with_capacity(groups.len());
+        for entry in groups {
+            if let Some(slot) = self.slots.get_mut(&entry.id)
+                && slot.name.is_empty()
+            {
+                // Recovered replicas learn their names from the catalog.
+                slot.name = entry.name.clone();
+            }
+            if !full {
+                changed.push(entry.name.clone());
+            }
+            self.entries.insert(entry.name.clone(), entry);
+        }
+        self.reconcile_hosting(if full { None } else { Some(changed) });
+    }
+
+    /// Hosts the groups of this worker the catalog places on this node that are not hosted yet:
+    /// every one (`created` is `None`), or only those named. New replicas are registered in the
+    /// store in one commit.
+    fn reconcile_hosting(&mut self, created: Option<Vec<String>>) {
+        let Some(me) = self.node_id else {
             return;
         };
-        self.node_id = Some(me);
+        let candidates: Vec<GroupEntry> = match &created {
+            None => self.entries.values().cloned().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.entries.get(n))
+                .cloned()
+                .collect(),
+        };
         let missing: Vec<(GroupEntry, ReplicaId)> = candidates
             .into_iter()
             .filter(|g| g.state == GroupState::Active && !self.slots.contains_key(&g.id))
@@ -1355,17 +1653,9 @@ impl Driver {
                 }
             }
         }
-        // One registration commit for them all (in chunks), ahead of their first writes (the
-        // writer keeps order).
-        for chunk in ready.chunks(CREATE_CHUNK_MAX) {
-            let records = chunk
-                .iter()
-                .map(|(e, id, _)| (e.id, *id, e.kind.clone()))
-                .collect();
-            if let Err(e) = self.store.create_groups(records) {
-                self.fail(format!("cannot register new replicas: {e}"));
-                return;
-            }
+        // Registered in the commit of the next batch, with their bootstraps.
+        for (entry, id, _) in &ready {
+            self.creates.push((entry.id, *id, entry.kind.clone()));
         }
         for (entry, id, machine) in ready {
             let initial = Configuration::new(entry.initial_members.iter().copied());
@@ -1399,6 +1689,7 @@ impl Driver {
     /// committed entries are applied at once (they are durable on a quorum already, see
     /// [`fleet_core::Ready`]), and what promises durable state waits for the batch.
     fn flush(&mut self) {
+        self.workers.hosted[self.shard].store(self.slots.len() as u64, Ordering::Relaxed);
         self.drain_catalog_queue();
         if self.batches.len() >= BATCHES_IN_FLIGHT_MAX {
             return;
@@ -1412,6 +1703,7 @@ impl Driver {
         // batch, a bounded number of passes. A new replica's bootstrap goes in before the Readys
         // of the next pass (before its first Ready); local snapshots wait for the next batch.
         for _ in 0..FLUSH_PASSES_MAX {
+            batch.creates.append(&mut self.creates);
             for w in self.extra_writes.drain(..) {
                 batch.push(w);
             }
@@ -1424,12 +1716,12 @@ impl Driver {
             }
             self.send_outbox();
         }
-        if batch.groups.is_empty() && stashes.is_empty() {
+        if batch.is_empty() && stashes.is_empty() {
             return;
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        let durable = batch.groups.is_empty();
+        let durable = batch.is_empty();
         self.batches.push_back(Batch {
             id,
             durable,
@@ -1523,7 +1815,7 @@ impl Driver {
         committed: Vec<Entry>,
         reads: Vec<fleet_core::ReadState>,
     ) {
-        // What the catalog entries change: groups to host (by name), or everything.
+        // What the catalog entries change: groups (by name), or everything.
         let mut catalog_full = g == META_GROUP && snapshot.is_some();
         if let Some(snap) = snapshot
             && let Err(e) = self.machine_for_snapshot(g, &snap)
@@ -1531,7 +1823,7 @@ impl Driver {
             self.stop_group(g, format!("snapshot from the leader does not restore: {e}"));
             return;
         }
-        let mut catalog_created = Vec::new();
+        let mut catalog_changed = Vec::new();
         let mut last_applied = None;
         let mut starts_serving = false;
         for entry in &committed {
@@ -1556,11 +1848,17 @@ impl Driver {
                 match &entry.payload {
                     fleet_core::Payload::Command(c) => {
                         match postcard::from_bytes::<CatalogCommand>(&c.data) {
-                            Ok(CatalogCommand::CreateGroup { name, .. }) => {
-                                catalog_created.push(name)
+                            Ok(CatalogCommand::CreateGroup { name, .. })
+                            | Ok(CatalogCommand::RemoveGroup { name }) => {
+                                catalog_changed.push(name)
                             }
-                            Ok(CatalogCommand::RemoveGroup { .. })
-                            | Ok(CatalogCommand::NextIncarnation { .. }) => {}
+                            Ok(CatalogCommand::NextIncarnation { group }) => {
+                                if let Some(e) = state_of::<Catalog>(slot.machine.as_ref())
+                                    .and_then(|c| c.groups().find(|e| e.id == group))
+                                {
+                                    catalog_changed.push(e.name.clone());
+                                }
+                            }
                             _ => catalog_full = true,
                         }
                     }
@@ -1585,9 +1883,9 @@ impl Driver {
         answer_reads(slot);
         self.maybe_snapshot(g);
         if catalog_full {
-            self.reconcile_hosting(None);
-        } else if !catalog_created.is_empty() {
-            self.reconcile_hosting(Some(catalog_created));
+            self.publish_catalog(None);
+        } else if !catalog_changed.is_empty() {
+            self.publish_catalog(Some(catalog_changed));
         }
         if starts_serving && !self.serving_waiters.is_empty() {
             self.answer_serving_waiters();
@@ -1710,10 +2008,6 @@ const META_VOTERS_MAX: usize = 5;
 const CAMPAIGN_ATTEMPTS: u64 = 4;
 /// ...this many ticks apart (a campaign takes a round trip and a write).
 const CAMPAIGN_RETRY_TICKS: u64 = 5;
-
-/// Replicas registered in the store by one commit, at most (well under the store's
-/// `commit_entries_max`).
-const CREATE_CHUNK_MAX: usize = 1024;
 
 /// Inputs of each kind (write completions, frames, requests) taken into one round, at most,
 /// after the one that woke the loop.

@@ -70,7 +70,10 @@ pub struct Settings {
     pub quiesce_after_ticks: u32,
     /// How long a command or query may take, retries included.
     pub request_timeout: Duration,
-    /// Requests queued for the node loop; beyond it callers get `Busy`.
+    /// Worker tasks driving the node's groups (each drives the groups of its shard; worker 0
+    /// also holds the catalog), from 1 to [`WORKERS_MAX`].
+    pub workers: usize,
+    /// Requests queued for each worker; beyond it callers get `Busy`.
     pub requests_queued_max: usize,
     /// Proposals waiting to be applied in one group; beyond it callers get `Busy`.
     pub proposals_per_group_max: usize,
@@ -88,12 +91,22 @@ impl Default for Settings {
             heartbeat_interval_ticks: 10,
             quiesce_after_ticks: 20,
             request_timeout: Duration::from_secs(10),
+            workers: default_workers(),
             requests_queued_max: 65_536,
             proposals_per_group_max: 4_096,
             snapshot_every_entries: 10_000,
             sessions: SessionConfig::default(),
         }
     }
+}
+
+/// The most worker tasks a node may have.
+pub const WORKERS_MAX: usize = 64;
+
+/// The default number of workers: one per core, at most 4 (a worker drives thousands of groups;
+/// more mostly adds frames and storage submissions).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 /// What went wrong with a fleet request. Messages say what happened and what to do.
@@ -184,9 +197,7 @@ impl From<StorageError> for FleetError {
 /// A request to the node loop.
 pub(crate) enum Request {
     /// The node's own state (cheap).
-    Health {
-        reply: oneshot::Sender<NodeHealth>,
-    },
+    Health { reply: oneshot::Sender<NodeHealth> },
     /// One group's status.
     GroupStatus {
         name: String,
@@ -223,8 +234,11 @@ pub(crate) enum Request {
         linearizable: bool,
         reply: oneshot::Sender<Result<Bytes, FleetError>>,
     },
-    Status {
-        reply: oneshot::Sender<Status>,
+    /// Nodes, the meta leader, and worker 0's groups (worker 0 only).
+    Status { reply: oneshot::Sender<Status> },
+    /// The status of the groups of one worker's shard.
+    ShardStatus {
+        reply: oneshot::Sender<Vec<GroupStatus>>,
     },
     /// The join handshake gave this node its id: create the meta replica and wait for the catalog.
     Joined {
@@ -244,6 +258,19 @@ pub(crate) enum Request {
     Shutdown {
         reply: oneshot::Sender<Result<(), FleetError>>,
     },
+}
+
+impl Request {
+    /// The group a request is about, by name, if it is about one group.
+    pub(crate) fn group_name(&self) -> Option<&str> {
+        match self {
+            Request::Command { group, .. }
+            | Request::Query { group, .. }
+            | Request::AwaitServing { group, .. } => Some(group),
+            Request::GroupStatus { name, .. } => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// Registers one state machine kind into a node's registry.
@@ -356,10 +383,21 @@ impl FleetBuilder {
                 driver::META_KIND
             )));
         }
-        let (tx, rx) = mpsc::channel(self.settings.requests_queued_max);
+        let n = self.settings.workers;
+        if n == 0 || n > WORKERS_MAX {
+            return Err(FleetError::Config(format!(
+                "workers is {n}; give from 1 to {WORKERS_MAX}"
+            )));
+        }
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| mpsc::channel(self.settings.requests_queued_max))
+            .unzip();
+        let (controls, control_rxs): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let workers = Arc::new(driver::Workers::new(controls));
         let leader_cache: Arc<LeaderCache> = Arc::new(DashMap::new());
-        let (net, requests, tls, transport_config) = match self.tls {
-            None => (None, None, None, self.transport),
+        let (net, frames, requests, tls, transport_config) = match self.tls {
+            None => (None, Vec::new(), None, None, self.transport),
             Some(tls) => {
                 if tls.identity().name != name {
                     return Err(FleetError::Config(format!(
@@ -383,35 +421,65 @@ impl FleetBuilder {
                     .advertise
                     .clone()
                     .unwrap_or_else(|| transport.local_addr().to_string());
-                let (net, requests) = driver::Net::new(
+                let crate::transport::Inbound {
+                    frames, requests, ..
+                } = inbound;
+                let frames = if n == 1 {
+                    vec![frames]
+                } else {
+                    // Each worker gets the messages for its groups.
+                    let (to, from): (Vec<_>, Vec<_>) = (0..n)
+                        .map(|_| mpsc::channel(config.inbound_frames_max))
+                        .unzip();
+                    tokio::spawn(driver::demux(frames, to));
+                    from
+                };
+                let net = driver::Net {
                     transport,
-                    inbound,
                     directory,
-                    leader_cache.clone(),
+                    leader_cache: leader_cache.clone(),
                     advertise,
-                );
-                (Some(net), Some(requests), Some(tls), config)
+                };
+                (Some(net), frames, Some(requests), Some(tls), config)
             }
         };
         let transport = net.as_ref().map(|n| n.transport.clone());
         let advertise = net.as_ref().map(|n| n.advertise.clone());
         let directory = net.as_ref().map(|n| n.directory.clone());
         let settings = self.settings.clone();
-        let handle = tokio::task::spawn_blocking({
+        let (drivers, store) = tokio::task::spawn_blocking({
             let name = name.clone();
-            move || driver::Driver::open(name, data_dir, settings, registry, net)
+            let workers = workers.clone();
+            move || {
+                driver::Driver::open(
+                    name,
+                    data_dir,
+                    settings,
+                    registry,
+                    net,
+                    frames,
+                    workers,
+                    control_rxs,
+                )
+            }
         })
         .await
         .map_err(|e| FleetError::Storage(format!("opening storage panicked: {e}")))??;
-        let task = tokio::spawn(handle.run(rx));
+        let tasks = drivers
+            .into_iter()
+            .zip(rxs)
+            .map(|(d, rx)| tokio::spawn(d.run(rx)))
+            .collect();
         let fleet = Fleet {
             inner: Arc::new(Inner {
                 name,
-                tx,
+                txs,
+                workers,
                 settings: self.settings,
                 client_id: client_id(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
-                task: std::sync::Mutex::new(Some(task)),
+                tasks: std::sync::Mutex::new(tasks),
+                store: std::sync::Mutex::new(Some(store)),
                 transport,
                 tls,
                 transport_config,
@@ -455,13 +523,17 @@ struct ClientSession {
 
 struct Inner {
     name: String,
-    tx: mpsc::Sender<Request>,
+    /// Each worker's request queue.
+    txs: Vec<mpsc::Sender<Request>>,
+    workers: Arc<driver::Workers>,
     settings: Settings,
     client_id: u64,
     /// This handle's session with each group it commanded: sessions are per group, since each
     /// group keeps its own session table.
     sessions: std::sync::Mutex<HashMap<String, ClientSession>>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Closed by `shutdown` once every worker has stopped.
+    store: std::sync::Mutex<Option<Arc<crate::storage::Store>>>,
     transport: Option<Transport<fleet_core::Message>>,
     tls: Option<Tls>,
     transport_config: TransportConfig,
@@ -627,12 +699,33 @@ impl Fleet {
         self.call(|reply| Request::Health { reply }).await
     }
 
+    /// Sends a request to the worker it is for: the worker of its group, else worker 0.
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, FleetError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.tx.try_send(make(tx)).map_err(|e| match e {
+        let req = make(tx);
+        let w = req
+            .group_name()
+            .map_or(0, |name| self.inner.workers.of_name(name));
+        self.inner.txs[w].try_send(req).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                FleetError::Busy("the node's request queue is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => FleetError::Shutdown,
+        })?;
+        rx.await.map_err(|_| FleetError::Shutdown)
+    }
+
+    /// Sends a request to worker `w`.
+    async fn call_worker<T>(
+        &self,
+        w: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, FleetError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.txs[w].try_send(make(tx)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 FleetError::Busy("the node's request queue is full".into())
             }
@@ -928,7 +1021,22 @@ impl Fleet {
 
     /// Nodes and groups as this node sees them.
     pub async fn status(&self) -> Result<Status, FleetError> {
-        self.call(|reply| Request::Status { reply }).await
+        let mut status = self
+            .call_worker(0, |reply| Request::Status { reply })
+            .await?;
+        if status.nodes.is_empty() {
+            return Ok(status);
+        }
+        for w in 1..self.inner.txs.len() {
+            let groups = self
+                .call_worker(w, |reply| Request::ShardStatus { reply })
+                .await?;
+            status.groups.extend(groups);
+        }
+        status
+            .groups
+            .sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+        Ok(status)
     }
 
     /// Runs a command on a group, exactly once, and returns its output.
@@ -1071,20 +1179,45 @@ impl Fleet {
         .await
     }
 
-    /// Stops the node: finishes the write in flight, closes storage.
+    /// Stops the node: every worker finishes its writes in flight, then storage closes.
     pub async fn shutdown(&self) -> Result<(), FleetError> {
-        let result = self.call(|reply| Request::Shutdown { reply }).await;
-        let task = self.inner.task.lock().expect("task lock").take();
-        if let Some(task) = task {
+        let mut replies = Vec::new();
+        for tx in &self.inner.txs {
+            let (reply, rx) = oneshot::channel();
+            if tx.try_send(Request::Shutdown { reply }).is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut result = Ok(());
+        for rx in replies {
+            if let Ok(Err(e)) = rx.await
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for task in tasks {
             let _ = task.await;
+        }
+        let store = self.inner.store.lock().expect("store lock").take();
+        if let Some(store) = store
+            && let Ok(store) = Arc::try_unwrap(store)
+        {
+            let closed = tokio::task::spawn_blocking(move || store.close()).await;
+            match closed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if result.is_ok() => result = Err(e.into()),
+                Err(e) if result.is_ok() => result = Err(FleetError::Storage(e.to_string())),
+                _ => {}
+            }
         }
         if let Some(transport) = &self.inner.transport {
             transport.shutdown().await;
         }
         match result {
-            Ok(r) => r,
             Err(FleetError::Shutdown) => Ok(()),
-            Err(e) => Err(e),
+            other => other,
         }
     }
 }

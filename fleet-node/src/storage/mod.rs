@@ -244,6 +244,10 @@ impl GroupWrite {
 /// The writes of many groups, made durable together.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
+    /// New, empty replicas to register in the same commit, before the writes (a new replica's
+    /// bootstrap can ride in the batch that registers it). All or none are created; a group that
+    /// exists already refuses the batch.
+    pub creates: Vec<(GroupId, ReplicaId, String)>,
     /// The groups' writes, applied in order.
     pub groups: Vec<GroupWrite>,
 }
@@ -257,6 +261,16 @@ impl WriteBatch {
     /// Adds one group's writes.
     pub fn push(&mut self, write: GroupWrite) {
         self.groups.push(write);
+    }
+
+    /// Registers a new, empty replica in this batch's commit (see [`WriteBatch::creates`]).
+    pub fn create(&mut self, group: GroupId, replica: ReplicaId, kind: impl Into<String>) {
+        self.creates.push((group, replica, kind.into()));
+    }
+
+    /// Whether the batch has nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.creates.is_empty()
     }
 
     /// The number of entries in the batch.

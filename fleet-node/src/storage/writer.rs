@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use fleet_core::{Entry, GroupId, HardState, Index, Term};
+use fleet_core::{Entry, GroupId, HardState, Index, ReplicaId, Term};
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -222,9 +222,24 @@ impl Writer {
         let mut tips: GroupMap<Tip> = GroupMap::default();
         let mut ops: Vec<WalOp> = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::new();
+        // Replicas registered by this commit, with their state as of before it.
+        let mut created: GroupMap<GroupState> = GroupMap::default();
         let mut reqs = reqs.into_iter();
-        while let Some((batch, done)) = reqs.next() {
-            match self.validate(batch, &mut tips) {
+        while let Some((mut batch, done)) = reqs.next() {
+            let creates = std::mem::take(&mut batch.creates);
+            let new: Vec<GroupId> = creates.iter().map(|(g, _, _)| *g).collect();
+            if let Err(e) = self.admit_creates(creates, seq, &mut created) {
+                tracing::warn!(error = %e, "storage refused a write");
+                let _ = done.send(Err(e));
+                continue;
+            }
+            let validated = self.validate(batch, &mut tips, &created);
+            if validated.is_err() {
+                for g in &new {
+                    created.remove(g);
+                }
+            }
+            match validated {
                 Ok((new_ops, numbers, snapshots)) => {
                     // Snapshot files are durable before the metadata that names them commits.
                     for (group, snap) in snapshots {
@@ -257,7 +272,7 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        if ops.is_empty() {
+        if ops.is_empty() && created.is_empty() {
             // Nothing to persist (empty batches): durable as of the last commit.
             for (done, _, _) in accepted {
                 let _ = done.send(Ok(WriteOutcome {
@@ -269,7 +284,7 @@ impl Writer {
         }
         let record = WalRecord { ops };
         let bytes = codec::encode(&record);
-        let r = self.commit_wal(seq, &bytes);
+        let r = self.commit_wal(seq, &bytes, &created);
         if let Err(e) = r {
             let e = self.shared.fail(e);
             let reason = e.to_string();
@@ -290,6 +305,10 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(accepted.len());
         {
             let mut groups = self.shared.groups.write().expect("groups lock");
+            for (group, state) in created {
+                tracing::debug!(group = group.0, replica = %state.replica.replica, kind = %state.replica.kind, "storage: group created");
+                groups.insert(group, state);
+            }
             // What each operation made durable, as of that operation: a later batch of the same
             // commit may change the group again.
             let mut durable = Vec::with_capacity(record.ops.len());
@@ -362,7 +381,46 @@ impl Writer {
         }
     }
 
-    fn commit_wal(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+    /// Checks and prepares the registrations of one batch of a commit with sequence number
+    /// `seq`: none of the groups may exist (nor be registered earlier in the commit). Their state
+    /// says the write-ahead table holds everything from `seq` on for them.
+    fn admit_creates(
+        &mut self,
+        creates: Vec<(GroupId, ReplicaId, String)>,
+        seq: u64,
+        created: &mut GroupMap<GroupState>,
+    ) -> Result<()> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        {
+            let groups = self.shared.groups.read().expect("groups lock");
+            let mut seen = HashSet::new();
+            for (group, _, _) in &creates {
+                if groups.contains_key(group) || created.contains_key(group) || !seen.insert(*group)
+                {
+                    return Err(StorageError::GroupExists { group: *group });
+                }
+            }
+        }
+        // A previous life of a group may still be erasing: its segments share the keys.
+        while creates.iter().any(|(g, _, _)| self.removing.contains(g)) {
+            self.erase_step(Durability::None)?;
+        }
+        for (group, replica, kind) in creates {
+            let record = ReplicaRecord {
+                replica,
+                kind,
+                state: ReplicaState::Pending,
+            };
+            created.insert(group, GroupState::new(record, seq - 1));
+        }
+        Ok(())
+    }
+
+    /// Commits one write-ahead record, and the registrations of the replicas it creates, in one
+    /// durable transaction.
+    fn commit_wal(&self, seq: u64, bytes: &[u8], created: &GroupMap<GroupState>) -> Result<()> {
         let txn = self.begin(Durability::Immediate)?;
         {
             let mut wal = txn
@@ -370,6 +428,25 @@ impl Writer {
                 .map_err(|e| self.shared.redb_err("open the wal table", e))?;
             wal.insert(seq, bytes)
                 .map_err(|e| self.shared.redb_err("write a wal record", e))?;
+        }
+        if !created.is_empty() {
+            let mut replicas = txn
+                .open_table(REPLICAS)
+                .map_err(|e| self.shared.redb_err("open the replicas table", e))?;
+            let mut records = txn
+                .open_table(SEGMENTS)
+                .map_err(|e| self.shared.redb_err("open the segments table", e))?;
+            for (group, state) in created {
+                replicas
+                    .insert(group.0, codec::encode(&state.replica).as_slice())
+                    .map_err(|e| self.shared.redb_err("write a replica record", e))?;
+                records
+                    .insert(
+                        (group.0, GROUP_RECORD_INDEX),
+                        codec::encode(&state.to_record(seq - 1)).as_slice(),
+                    )
+                    .map_err(|e| self.shared.redb_err("write a group record", e))?;
+            }
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit a batch", e))
@@ -390,11 +467,16 @@ impl Writer {
     /// leave them) and turns them into write-ahead operations, moving the entries out of the
     /// batch. Returns the operations, the `Ready` numbers, and the snapshots whose files must be
     /// written first. On error the tips are as before.
-    fn validate(&self, batch: WriteBatch, tips: &mut GroupMap<Tip>) -> Result<Validated> {
+    fn validate(
+        &self,
+        batch: WriteBatch,
+        tips: &mut GroupMap<Tip>,
+        created: &GroupMap<GroupState>,
+    ) -> Result<Validated> {
         let groups = self.shared.groups.read().expect("groups lock");
         // How to undo this request's changes to `tips` if one of its writes is refused.
         let mut undo: Vec<(GroupId, Option<Tip>)> = Vec::new();
-        let r = Self::validate_writes(&self.shared, &groups, batch, tips, &mut undo);
+        let r = Self::validate_writes(&self.shared, &groups, created, batch, tips, &mut undo);
         if r.is_err() {
             for (g, old) in undo.into_iter().rev() {
                 match old {
@@ -409,6 +491,7 @@ impl Writer {
     fn validate_writes(
         shared: &Shared,
         groups: &GroupMap<GroupState>,
+        created: &GroupMap<GroupState>,
         batch: WriteBatch,
         tips: &mut GroupMap<Tip>,
         undo: &mut Vec<(GroupId, Option<Tip>)>,
@@ -427,6 +510,7 @@ impl Writer {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let st = groups
                         .get(&g)
+                        .or_else(|| created.get(&g))
                         .ok_or(StorageError::UnknownGroup { group: g })?;
                     undo.push((g, None));
                     v.insert(Tip {

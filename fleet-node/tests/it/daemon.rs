@@ -70,6 +70,7 @@ tick = "5ms"
 election_timeout = "900ms"
 heartbeat_interval = "70ms"
 log_format = "json"
+workers = 3
 "#,
     )
     .unwrap();
@@ -115,6 +116,7 @@ log_format = "json"
     );
     assert_eq!(got.tick, Some(ms(5)));
     assert_eq!(got.log_format, Some(LogFormat::Json));
+    assert_eq!(got.workers, Some(3));
     // Defaults.
     assert_eq!(got.request_timeout, Some(Duration::from_secs(10)));
     assert_eq!(got.quiesce_after, Some(ms(200)));
@@ -189,7 +191,18 @@ fn settings_convert_to_whole_ticks_rounding_up_and_default_sanely() {
         (d.tick, d.election_timeout_ticks, d.heartbeat_interval_ticks)
     );
     assert_eq!(defaults.settings.quiesce_after_ticks, d.quiesce_after_ticks);
+    assert_eq!(defaults.settings.workers, d.workers);
     assert_eq!(defaults.log_format, LogFormat::Text);
+    assert_eq!(
+        args(&["--workers", "2"])
+            .resolve()
+            .unwrap()
+            .settings
+            .workers,
+        2
+    );
+    let none = args(&["--workers", "0"]).resolve().unwrap_err().to_string();
+    assert!(none.contains("--workers is 0"), "{none}");
 
     let err = args(&[
         "--election-timeout",

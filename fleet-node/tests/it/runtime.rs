@@ -53,15 +53,24 @@ fn settings() -> Settings {
         // A deadline, not a wait: generous so a loaded machine does not fail the test.
         request_timeout: Duration::from_secs(30),
         snapshot_every_entries: 50,
+        // Several workers whatever the machine, so groups are spread over them.
+        workers: 3,
         ..Settings::default()
     }
 }
 
 async fn start(dir: &std::path::Path) -> Fleet {
+    start_with(dir, settings().workers).await
+}
+
+async fn start_with(dir: &std::path::Path, workers: usize) -> Fleet {
     Fleet::builder()
         .name("n1")
         .data_dir(dir)
-        .settings(settings())
+        .settings(Settings {
+            workers,
+            ..settings()
+        })
         .register::<KvStore>("kv")
         .register::<Unlucky>("unlucky")
         .start()
@@ -129,9 +138,21 @@ async fn groups_by_name_serve_commands_and_queries_and_survive_a_restart() {
     let status = fleet.status().await.unwrap();
     assert_eq!(status.groups.len(), 20);
     assert!(status.groups.iter().all(|g| g.available), "{status:?}");
+    let names: Vec<&str> = status
+        .groups
+        .iter()
+        .map(|g| g.entry.name.as_str())
+        .collect();
+    assert!(names.is_sorted(), "status lists groups by name: {names:?}");
+    assert_eq!(
+        fleet.health().await.unwrap().groups_hosted,
+        21,
+        "20 groups and the catalog"
+    );
     fleet.shutdown().await.unwrap();
 
-    let fleet = start(dir.path()).await;
+    // Restarted with one worker instead of three: the groups are spread over the workers anew.
+    let fleet = start_with(dir.path(), 1).await;
     for i in 0..20 {
         let got = fleet
             .query::<KvStore>(&format!("g{i}"), KvQuery::Get { key: "k1".into() })
@@ -182,6 +203,22 @@ async fn bad_input_gets_clear_errors() {
     );
     let kind = fleet.add_consensus_group("h", 3, "nope").await.unwrap_err();
     assert_eq!(kind, FleetError::UnknownKind("nope".into()));
+    for workers in [0, fleet_node::runtime::WORKERS_MAX + 1] {
+        let refused = Fleet::builder()
+            .name("n2")
+            .data_dir(tempfile::tempdir().unwrap().path())
+            .settings(Settings {
+                workers,
+                ..settings()
+            })
+            .start()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, FleetError::Config(m) if m.contains("workers")),
+            "{refused}"
+        );
+    }
     let missing = fleet
         .command::<KvStore>("nope", put("a", "b"))
         .await
@@ -260,10 +297,23 @@ mod cluster {
         join: Vec<String>,
         dir: tempfile::TempDir,
     ) -> Node {
+        start_node_with(ca, name, join, dir, settings().workers).await
+    }
+
+    pub async fn start_node_with(
+        ca: &CertificateAuthority,
+        name: &str,
+        join: Vec<String>,
+        dir: tempfile::TempDir,
+        workers: usize,
+    ) -> Node {
         let fleet = Fleet::builder()
             .name(name)
             .data_dir(dir.path())
-            .settings(settings())
+            .settings(Settings {
+                workers,
+                ..settings()
+            })
             .listen("127.0.0.1:0".parse().unwrap())
             .tls(tls_for(ca, name))
             .join(join)
@@ -432,7 +482,8 @@ mod cluster {
             .clone();
         let n2 = nodes.remove(1);
         n2.fleet.shutdown().await.unwrap();
-        let n2 = start_node(&ca, "n2", vec![addr.clone()], n2._dir).await;
+        // With two workers instead of three: its groups are spread over them anew.
+        let n2 = start_node_with(&ca, "n2", vec![addr.clone()], n2._dir, 2).await;
         n2.fleet.activate("zone-b").await.expect("n2 comes back");
         for g in 0..10 {
             let got = n2

@@ -18,7 +18,10 @@ fn append(group: GroupId, from: u64, to: u64, term: u64) -> GroupWrite {
 }
 
 fn batch(writes: Vec<GroupWrite>) -> WriteBatch {
-    WriteBatch { groups: writes }
+    WriteBatch {
+        groups: writes,
+        ..WriteBatch::default()
+    }
 }
 
 fn create(store: &Store, g: GroupId) {
@@ -346,4 +349,78 @@ fn checkpoints_run_when_the_wal_passes_half_its_bound() {
     );
     assert!(stats.cache_bytes < 8 << 10, "{stats:?}");
     assert_eq!(store.entries(G1, 1, 301, usize::MAX).unwrap().len(), 300);
+}
+
+/// A batch registers new replicas and writes their first entries in one commit; a later batch of
+/// the same commit may write to them too. Reopening finds them, from the write-ahead table and
+/// after a checkpoint. A batch that creates an existing group is refused alone.
+#[test]
+fn a_batch_registers_new_replicas_with_their_first_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(small_config(dir.path())).unwrap();
+    create(&store, G1);
+    let commits = store.stats().commits;
+    let mut first = batch(vec![append(G2, 1, 2, 1), append(G1, 1, 1, 1)]);
+    first.create(G2, ReplicaId::new(2, 0), "kv");
+    let mut second = batch(vec![append(G2, 3, 3, 1)]);
+    second.create(GroupId(3), ReplicaId::new(1, 0), "counter");
+    second.push(append(GroupId(3), 1, 1, 1));
+    // Submitted together: the writer merges them into one commit.
+    let t1 = store.submit(first).unwrap();
+    let t2 = store.submit(second).unwrap();
+    t1.wait().unwrap();
+    t2.wait().unwrap();
+    assert!(
+        store.stats().commits - commits <= 2,
+        "no commit of their own for registrations"
+    );
+    assert_eq!(store.last_index_term(G2).unwrap(), (3, 1));
+    assert_eq!(store.last_index_term(GroupId(3)).unwrap(), (1, 1));
+
+    let mut again = batch(vec![append(G1, 2, 2, 1)]);
+    again.create(G2, ReplicaId::new(1, 0), "kv");
+    let refused = store.write(again).unwrap_err();
+    assert!(
+        matches!(refused, StorageError::GroupExists { group } if group == G2),
+        "{refused}"
+    );
+    assert_eq!(
+        store.last_index_term(G1).unwrap(),
+        (1, 1),
+        "the refused batch wrote nothing"
+    );
+    let mut bad = batch(vec![append(GroupId(4), 5, 5, 1)]);
+    bad.create(GroupId(4), ReplicaId::new(1, 0), "kv");
+    assert!(
+        store.write(bad).is_err(),
+        "a gap in a new group's log is refused"
+    );
+    assert!(
+        store.group(GroupId(4)).is_none(),
+        "and its registration with it"
+    );
+    drop(store);
+
+    for checkpoint in [false, true] {
+        let (store, report) = Store::open(small_config(dir.path())).unwrap();
+        let groups: Vec<(GroupId, String, u64)> = report
+            .groups
+            .iter()
+            .map(|g| (g.group, g.replica.kind.clone(), g.last_index))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                (G1, "kv".to_string(), 1),
+                (G2, "kv".to_string(), 3),
+                (GroupId(3), "counter".to_string(), 1)
+            ],
+            "after reopening (checkpointed first: {checkpoint})"
+        );
+        assert_eq!(report.groups[1].replica.replica, ReplicaId::new(2, 0));
+        if !checkpoint {
+            store.checkpoint().unwrap().wait().unwrap();
+        }
+        store.close().unwrap();
+    }
 }

@@ -18,7 +18,12 @@ fn populated(dir: &std::path::Path, checkpoint: bool) {
         .unwrap();
     let mut w = GroupWrite::new(G);
     w.entries = (1..=8).map(|i| entry(G, i, 1, 0)).collect();
-    store.write(WriteBatch { groups: vec![w] }).unwrap();
+    store
+        .write(WriteBatch {
+            groups: vec![w],
+            ..WriteBatch::default()
+        })
+        .unwrap();
     let mut w = GroupWrite::new(G);
     w.hard_state = Some(fleet_core::HardState {
         term: 1,
@@ -26,7 +31,12 @@ fn populated(dir: &std::path::Path, checkpoint: bool) {
         commit: 3,
     });
     w.snapshot = Some(snapshot_at(G, 3, 1));
-    store.write(WriteBatch { groups: vec![w] }).unwrap();
+    store
+        .write(WriteBatch {
+            groups: vec![w],
+            ..WriteBatch::default()
+        })
+        .unwrap();
     if checkpoint {
         store.checkpoint().unwrap().wait().unwrap();
     }

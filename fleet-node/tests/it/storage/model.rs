@@ -66,7 +66,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let Some(m) = model.get(&g) else { continue };
                 let mut w = GroupWrite::new(g);
                 w.entries = vec![entry(g, m.last_index() + 2, 1, 0)];
-                let r = store.write(WriteBatch { groups: vec![w] });
+                let r = store.write(WriteBatch {
+                    groups: vec![w],
+                    ..WriteBatch::default()
+                });
                 prop_assert!(
                     matches!(r, Err(StorageError::InvalidWrite { .. })),
                     "step {step}: {r:?}"
