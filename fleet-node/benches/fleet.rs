@@ -1,10 +1,14 @@
-//! The fleet on three nodes in one process (127.0.0.1, real QUIC with mutual TLS, real redb with
-//! fsync): group creation rate, write throughput and latency by number of concurrent clients, the
-//! CPU an idle fleet costs, and failover time after a node stops.
+//! The fleet on three nodes (127.0.0.1, real QUIC with mutual TLS, real redb with fsync): group
+//! creation rate, write throughput and latency by number of concurrent clients, the CPU and memory
+//! an idle fleet costs, and failover time after `kill -9` of a node.
+//!
+//! Nodes n1 and n2 run in this process (the clients call them); n3 is a separate `fleet-node run`
+//! process, killed with SIGKILL for the failover.
 //!
 //! Run: `cargo bench -p fleet-node --bench fleet` (about a minute). Prints a table, then one JSON
-//! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000) and
-//! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows.
+//! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000),
+//! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows, `FLEET_BENCH_WORKERS`
+//! the workers per node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,9 +74,9 @@ async fn start(ca: &CertificateAuthority, name: &str, join: Vec<String>) -> Node
     Node { fleet, _dir: dir }
 }
 
-/// User + system CPU seconds of this process.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// User + system CPU seconds of process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -89,8 +93,9 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn resident_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// Resident memory of process `pid`, MiB.
+fn resident_mib(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -99,7 +104,63 @@ fn resident_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// The sum of every series of a counter in the process' Prometheus text (all nodes together).
+/// Node n3: `fleet-node run` in a process of its own, joining through `join`.
+struct Child {
+    process: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Child {
+    fn start(ca: &CertificateAuthority, join: &str) -> Child {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        ca.issue(
+            IdentityKind::Node,
+            "n3",
+            &["127.0.0.1".to_string()],
+            Validity::days_from_now(1),
+        )
+        .expect("certificate")
+        .write(&certs, false)
+        .expect("write certificates");
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-node"))
+            .args([
+                "run",
+                "--name",
+                "n3",
+                "--zone",
+                "zone-c",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin", "127.0.0.1:0", "--join", join])
+            .args(["--workers", &workers().to_string()])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--certs")
+            .arg(&certs)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start fleet-node run");
+        Child { process, _dir: dir }
+    }
+
+    fn pid(&self) -> String {
+        self.process.id().to_string()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 fn counter(name: &str) -> f64 {
     let Some(handle) = fleet_node::admin::prometheus_handle() else {
         return 0.0;
@@ -115,7 +176,8 @@ fn counter(name: &str) -> f64 {
         .sum()
 }
 
-/// Per write, over all three nodes: storage commits (one fsync each) and frames sent.
+/// Per write, over n1 and n2 (n3's counters are in its own process): storage commits (one fsync
+/// each) and frames sent.
 struct Costs {
     commits: f64,
     frames: f64,
@@ -175,6 +237,11 @@ async fn writes(nodes: &[Node], clients: usize, groups: usize) -> (f64, f64, f64
 }
 
 /// The client counts of the write phase: `FLEET_BENCH_CLIENTS` (comma-separated), or 1,16,64,256.
+/// The nodes n1's catalog lists.
+async fn nodes_listed(fleet: &Fleet) -> usize {
+    fleet.status().await.map_or(0, |s| s.nodes.len())
+}
+
 fn client_counts() -> Vec<usize> {
     std::env::var("FLEET_BENCH_CLIENTS")
         .ok()
@@ -213,16 +280,20 @@ fn main() {
         let addr = n1.fleet.local_addr().expect("bound").to_string();
         let n2 = start(&ca, "n2", vec![addr.clone()]).await;
         n2.fleet.activate("zone-b").await.expect("activate");
-        let n3 = start(&ca, "n3", vec![addr]).await;
-        n3.fleet.activate("zone-c").await.expect("activate");
-        let nodes = vec![n1, n2, n3];
+        let mut n3 = Child::start(&ca, &addr);
+        let listed = Instant::now() + Duration::from_secs(30);
+        while nodes_listed(&n1.fleet).await < 3 {
+            assert!(Instant::now() < listed, "n3 did not join within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let nodes = vec![n1, n2];
 
         // Group creation, durable, from every node, CREATE_CONCURRENCY at a time.
         let started = Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for w in 0..CREATE_CONCURRENCY {
-            let fleet = nodes[w % 3].fleet.clone();
+            let fleet = nodes[w % nodes.len()].fleet.clone();
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -246,33 +317,34 @@ fn main() {
         }
 
         // Idle: every group quiesces and the storage writers finish moving the write phase's
-        // log into segments (background checkpoints); then measure the process's CPU (three
-        // nodes share it).
+        // log into segments (background checkpoints); then measure the CPU of both processes.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let cpu0 = cpu_seconds();
+        let child = n3.pid();
+        let cpu0 = cpu_seconds("self") + cpu_seconds(&child);
         let idle = idle_seconds();
         tokio::time::sleep(Duration::from_secs_f64(idle)).await;
-        let idle_cpu_per_node = (cpu_seconds() - cpu0) / idle / 3.0 * 100.0;
-        let rss_per_node = resident_mib() / 3.0;
+        let idle_cpu_per_node =
+            (cpu_seconds("self") + cpu_seconds(&child) - cpu0) / idle / 3.0 * 100.0;
+        // n3 alone in its process; n1 and n2 share this one with the clients.
+        let rss_n3 = resident_mib(&child);
+        let rss_shared = resident_mib("self") / 2.0;
 
-        // Failover: stop the node that leads the most groups; time until every group that had
-        // its leader there accepts a write again.
+        // Failover: kill -9 n3; time until every group that had its leader there accepts a
+        // write again (through n1 and n2).
         let status = nodes[0].fleet.status().await.expect("status");
-        let mut by_leader = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for g in &status.groups {
-            if let Some(l) = &g.leader {
-                by_leader.entry(l.clone()).or_default().push(g.entry.name.clone());
-            }
-        }
-        let (victim, led) = by_leader.into_iter().max_by_key(|(_, v)| v.len()).expect("leaders");
-        let survivors: Vec<&Node> = nodes.iter().filter(|n| n.fleet.name() != victim).collect();
-        let victim_node = nodes.iter().find(|n| n.fleet.name() == victim).expect("victim");
+        let led: Vec<String> = status
+            .groups
+            .iter()
+            .filter(|g| g.leader.as_deref() == Some("n3"))
+            .map(|g| g.entry.name.clone())
+            .collect();
+        let led_share = led.len() as f64 / groups as f64;
+        n3.process.kill().expect("kill -9 n3");
         let stopped = Instant::now();
-        victim_node.fleet.shutdown().await.expect("shutdown");
         let mut failover = Histogram::<u64>::new(3).expect("histogram");
         let mut tasks = Vec::new();
         for (i, group) in led.iter().enumerate() {
-            let fleet = survivors[i % survivors.len()].fleet.clone();
+            let fleet = nodes[i % nodes.len()].fleet.clone();
             let group = group.clone();
             tasks.push(tokio::spawn(async move {
                 let cmd = KvCommand::Put { key: "failover".into(), value: Bytes::from_static(b"1") };
@@ -284,14 +356,15 @@ fn main() {
             let d = t.await.expect("failover write");
             failover.record(d.as_millis().max(1) as u64).expect("record");
         }
+        let _ = n3.process.wait();
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-        println!("fleet benchmark: 3 nodes in one process, 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores");
+        println!("fleet benchmark: n1 and n2 in this process, n3 a separate process; 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores, {} workers per node", workers());
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
             "{:<16}{:>12}{:>12}{:>12}{:>16}{:>16}",
-            "clients", "writes/s", "p50 ms", "p99 ms", "fsyncs/write", "frames/write"
+            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "frames/w"
         );
         for (c, (ops, p50, p99, costs)) in &write_rows {
             println!(
@@ -300,11 +373,12 @@ fn main() {
             );
         }
         println!("{:<52}{:>14.1}", "idle CPU per node, % of one core", idle_cpu_per_node);
-        println!("{:<52}{:>14.0}", "resident memory per node, MiB (process / 3)", rss_per_node);
+        println!("{:<52}{:>14.0}", "resident memory of n3 (a process of its own), MiB", rss_n3);
+        println!("{:<52}{:>14.0}", "resident memory of n1 + n2 + clients, MiB, / 2", rss_shared);
         println!(
             "{:<52}{:>14}",
-            format!("failover: groups led by the stopped node"),
-            led.len()
+            "failover: groups led by n3, killed with SIGKILL",
+            format!("{} ({:.0} %)", led.len(), led_share * 100.0)
         );
         println!(
             "{:<52}{:>14}",
@@ -313,17 +387,18 @@ fn main() {
         );
         let writes_json: Vec<String> = write_rows
             .iter()
-            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"fsyncs_per_write\":{:.3},\"frames_per_write\":{:.3}}}", costs.commits, costs.frames))
+            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_frames_per_write\":{:.3}}}", costs.commits, costs.frames))
             .collect();
         println!(
-            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_per_node\":{rss_per_node:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
+            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
             writes_json.join(","),
+            workers(),
             led.len(),
             failover.value_at_quantile(0.5),
             failover.value_at_quantile(0.99),
             failover.max()
         );
-        for n in survivors {
+        for n in nodes {
             let _ = n.fleet.shutdown().await;
         }
     });
