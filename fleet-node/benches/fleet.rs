@@ -32,7 +32,7 @@ fn idle_seconds() -> f64 {
 }
 const VALUE_BYTES: usize = 100;
 
-/// Workers per node: `FLEET_BENCH_WORKERS`, else the default (one per core, at most 4).
+/// Workers per node: `FLEET_BENCH_WORKERS`, else the default (one per two cores, 1 to 4).
 fn workers() -> usize {
     std::env::var("FLEET_BENCH_WORKERS")
         .ok()

@@ -23,7 +23,7 @@
 //! | `--heartbeat-interval` | `FLEET_HEARTBEAT_INTERVAL` | `heartbeat_interval` | `100ms` |
 //! | `--quiesce-after` | `FLEET_QUIESCE_AFTER` | `quiesce_after` | `200ms` (`0s`: never) |
 //! | `--request-timeout` | `FLEET_REQUEST_TIMEOUT` | `request_timeout` | `10s` |
-//! | `--workers` | `FLEET_WORKERS` | `workers` | one per core, at most 4 |
+//! | `--workers` | `FLEET_WORKERS` | `workers` | one per two cores, 1 to 4 |
 //!
 //! The Raft timings are whole ticks: a duration is rounded up to the next multiple of `tick`.
 //! The election timeout is the lower end of the randomized timeout (drawn in `[t, 2t)`), and must
@@ -132,7 +132,7 @@ pub struct RunArgs {
     /// How long a command or query may take, retries included [default: 10s].
     #[arg(long, env = "FLEET_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
-    /// Worker tasks driving the node's groups, 1 to 64 [default: one per core, at most 4].
+    /// Worker tasks driving the node's groups, 1 to 64 [default: one per two cores, 1 to 4].
     #[arg(long, env = "FLEET_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
     /// Print the effective configuration as TOML (usable as --config) and exit.

@@ -71,7 +71,7 @@ pub struct Settings {
     /// How long a command or query may take, retries included.
     pub request_timeout: Duration,
     /// Worker tasks driving the node's groups (each drives the groups of its shard; worker 0
-    /// also holds the catalog), from 1 to [`WORKERS_MAX`].
+    /// also holds the catalog), from 1 to [`WORKERS_MAX`]; default [`default_workers`].
     pub workers: usize,
     /// Requests queued for each worker; beyond it callers get `Busy`.
     pub requests_queued_max: usize,
@@ -103,10 +103,12 @@ impl Default for Settings {
 /// The most worker tasks a node may have.
 pub const WORKERS_MAX: usize = 64;
 
-/// The default number of workers: one per core, at most 4 (a worker drives thousands of groups;
-/// more mostly adds frames and storage submissions).
+/// The default number of workers: one per two cores, from 1 to 4. A worker drives thousands of
+/// groups; the node's storage writer thread and its network tasks need the other cores (on 2
+/// cores, 2 workers per node measured no faster than 1 and cost more idle CPU; see
+/// `docs/runtime.md`).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
 }
 
 /// What went wrong with a fleet request. Messages say what happened and what to do.

@@ -350,6 +350,9 @@ pub fn random_batch(
 
 /// Applies a batch to the model.
 pub fn apply_batch(model: &mut Model, batch: &WriteBatch) {
+    for (g, _, _) in &batch.creates {
+        model.insert(*g, Default::default());
+    }
     for w in &batch.groups {
         model.get_mut(&w.group).expect("model group").apply(w);
     }

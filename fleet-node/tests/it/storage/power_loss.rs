@@ -1,7 +1,8 @@
 //! Power loss at hundreds of seeded crash points of a multi-group workload.
 //!
 //! Each run opens a store on a [`CrashBackend`], creates a few groups, and submits random batches
-//! (appends, conflicting rewrites, hard-state changes, local and leader snapshots) with up to
+//! (appends, conflicting rewrites, hard-state changes, local and leader snapshots; two more groups
+//! are registered by a batch that also writes to them) with up to
 //! three in flight, while small bounds make checkpoints run often. At a random moment it pulls
 //! the plug: the disk keeps what was synced plus a random subset of the pages written since.
 //! After reopening, the store must hold exactly the state after some prefix of the submitted
@@ -26,6 +27,8 @@ use rand_core::{Rng, SeedableRng};
 use super::common::{CrashBackend, Model, apply_batch, compare, random_batch, small_config};
 
 const GROUPS: u64 = 5;
+/// Groups registered by a batch of the workload rather than up front.
+const GROUPS_CREATED_IN_BATCH: u64 = 2;
 const IN_FLIGHT_MAX: usize = 3;
 
 /// Runs one crash point. With `ack_on_submit`, the harness counts a batch as acknowledged as
@@ -49,7 +52,13 @@ fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
     let config = small_config(dir.path());
     let (store, _) =
         Store::open_with_backend(config.clone(), backend.clone()).map_err(|e| e.to_string())?;
-    let groups: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let mut groups: Vec<GroupId> = (1..=GROUPS - GROUPS_CREATED_IN_BATCH)
+        .map(GroupId)
+        .collect();
+    let later: Vec<GroupId> = (GROUPS - GROUPS_CREATED_IN_BATCH + 1..=GROUPS)
+        .map(GroupId)
+        .collect();
+    let create_at = rng.next_u64() % 5;
     let mut model = Model::new();
     for &g in &groups {
         store
@@ -65,7 +74,22 @@ fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
     let mut in_flight = VecDeque::new();
     let batches = 5 + rng.next_u64() % 40;
     for k in 0..batches {
-        let batch: WriteBatch = random_batch(&mut rng, &model, &groups, k);
+        let mut batch: WriteBatch = random_batch(&mut rng, &model, &groups, k);
+        if k == create_at {
+            // Registered with their first writes, in the same commit, ahead of the other
+            // groups' writes.
+            let mut created = Model::new();
+            for &g in &later {
+                created.insert(g, Default::default());
+            }
+            let mut b = random_batch(&mut rng, &created, &later, k);
+            for &g in &later {
+                b.create(g, ReplicaId::new(1, 0), "kv");
+            }
+            b.groups.append(&mut batch.groups);
+            batch = b;
+            groups.extend(&later);
+        }
         apply_batch(&mut model, &batch);
         states.push(model.clone());
         in_flight.push_back(store.submit(batch).map_err(|e| format!("submit: {e}"))?);
