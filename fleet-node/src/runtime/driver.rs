@@ -84,6 +84,14 @@ pub struct GroupStatus {
     pub entry: GroupEntry,
     /// The leader this node knows of.
     pub leader: Option<String>,
+    /// The voters, by node name: this node's replica's configuration if it hosts one, else the
+    /// initial members from the catalog. A node the catalog does not name shows as `#<id>`.
+    pub members: Vec<String>,
+    /// The learners (non-voting members) of this node's replica's configuration.
+    pub learners: Vec<String>,
+    /// This node's replica's role (`leader`, `follower`, `candidate`, `pre-candidate`), or
+    /// `None` if it hosts no replica of the group.
+    pub role: Option<String>,
     /// The term of this node's replica (0 if it hosts none).
     pub term: Term,
     /// The commit index of this node's replica.
@@ -728,25 +736,8 @@ impl Driver {
             .filter(|e| e.id == g)
             .map(|e| e.initial_members.iter().map(|m| m.node.0).collect())
             .unwrap_or_default();
-        let position = |node: u64| {
-            order
-                .iter()
-                .position(|n| *n == node)
-                .unwrap_or(order.len() + node as usize)
-        };
-        let mut survivors: Vec<u64> = slot
-            .replica
-            .config()
-            .voters
-            .iter()
-            .map(|v| v.node.0)
-            .filter(|n| !suspected.contains(n))
-            .collect();
-        survivors.sort_by_key(|n| position(*n));
-        survivors
-            .iter()
-            .position(|n| *n == me.node.0)
-            .map_or(survivors.len() as u32, |p| p as u32)
+        let voters = slot.replica.config().voters.iter().map(|v| v.node.0);
+        campaign_rank(&order, voters, suspected, me.node.0)
     }
 
     fn tick(&mut self) {
@@ -1407,10 +1398,41 @@ impl Driver {
             .and_then(|l| self.names.get(&l.node.0))
             .cloned();
         let stopped = slot.and_then(|s| s.stopped.clone());
+        let name_of = |r: &ReplicaId| {
+            self.names
+                .get(&r.node.0)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", r.node.0))
+        };
+        let (members, learners) = match slot {
+            Some(s) => {
+                let conf = s.replica.config();
+                (
+                    conf.voters.iter().map(name_of).collect(),
+                    conf.learners.iter().map(name_of).collect(),
+                )
+            }
+            None => (
+                entry.initial_members.iter().map(name_of).collect(),
+                Vec::new(),
+            ),
+        };
+        let role = slot.map(|s| {
+            match s.replica.role() {
+                Role::Leader => "leader",
+                Role::Follower => "follower",
+                Role::Candidate => "candidate",
+                Role::PreCandidate => "pre-candidate",
+            }
+            .to_string()
+        });
         GroupStatus {
             entry: entry.clone(),
             available: leader.is_some() && stopped.is_none() && entry.state == GroupState::Active,
             leader,
+            members,
+            learners,
+            role,
             term: slot.map_or(0, |s| s.replica.term()),
             commit: slot.map_or(0, |s| s.replica.committed()),
             applied: slot.map_or(0, |s| s.machine.applied()),
@@ -1989,6 +2011,28 @@ impl Driver {
     }
 }
 
+/// Node `me`'s place among the `voters` (node ids) not `suspected`, in placement `order` (voters
+/// missing from it come after, by node id). A node that is not a surviving voter ranks last.
+fn campaign_rank(
+    order: &[u64],
+    voters: impl Iterator<Item = u64>,
+    suspected: &BTreeSet<u64>,
+    me: u64,
+) -> u32 {
+    let position = |node: u64| {
+        order
+            .iter()
+            .position(|n| *n == node)
+            .unwrap_or(order.len() + node as usize)
+    };
+    let mut survivors: Vec<u64> = voters.filter(|n| !suspected.contains(n)).collect();
+    survivors.sort_by_key(|n| position(*n));
+    survivors
+        .iter()
+        .position(|n| *n == me)
+        .map_or(survivors.len() as u32, |p| p as u32)
+}
+
 /// A peer hears from this node at least this often, in ticks (an empty frame if nothing else).
 const LIVENESS_PROBE_TICKS: u64 = 5;
 /// Ticks after a leader's node is suspected before the first surviving member campaigns: long
@@ -2090,5 +2134,64 @@ fn answer_reads(slot: &mut Slot) {
                 term: 0,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn survivors_campaign_in_placement_order() {
+        // Placement order 3, 1, 2; node 3 (the first) is dead: 1 goes first, then 2.
+        let voters = || [1, 2, 3].into_iter();
+        assert_eq!(campaign_rank(&[3, 1, 2], voters(), &set(&[3]), 1), 0);
+        assert_eq!(campaign_rank(&[3, 1, 2], voters(), &set(&[3]), 2), 1);
+        // Nothing suspected: the placement order itself.
+        assert_eq!(campaign_rank(&[3, 1, 2], voters(), &set(&[]), 3), 0);
+        assert_eq!(campaign_rank(&[3, 1, 2], voters(), &set(&[]), 2), 2);
+        // Two dead of five: the three survivors rank 0, 1, 2 in order.
+        let five = || [1, 2, 3, 4, 5].into_iter();
+        let ranks: Vec<u32> = [5, 4, 2]
+            .iter()
+            .map(|me| campaign_rank(&[1, 3, 5, 4, 2], five(), &set(&[1, 3]), *me))
+            .collect();
+        assert_eq!(ranks, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn voters_outside_the_placement_order_come_after_it_by_node_id() {
+        // The meta group has no placement order: by node id.
+        assert_eq!(campaign_rank(&[], [4, 2, 9].into_iter(), &set(&[2]), 4), 0);
+        assert_eq!(campaign_rank(&[], [4, 2, 9].into_iter(), &set(&[2]), 9), 1);
+        // A voter added later (not in the initial members) comes after those that are.
+        assert_eq!(
+            campaign_rank(&[2, 1], [1, 2, 7].into_iter(), &set(&[]), 7),
+            2
+        );
+    }
+
+    #[test]
+    fn a_suspected_or_non_voting_node_ranks_last() {
+        assert_eq!(
+            campaign_rank(&[1, 2, 3], [1, 2, 3].into_iter(), &set(&[1]), 1),
+            2
+        );
+        assert_eq!(campaign_rank(&[1, 2], [1, 2].into_iter(), &set(&[]), 8), 2);
+    }
+
+    #[test]
+    fn groups_spread_over_workers_and_the_catalog_stays_on_worker_0() {
+        assert_eq!(shard_of(META_GROUP, 4), 0);
+        assert_eq!(shard_of(GroupId(7), 1), 0);
+        let mut counts = [0usize; 3];
+        for g in 1..=300 {
+            counts[shard_of(GroupId(g), 3)] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
     }
 }

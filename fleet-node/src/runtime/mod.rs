@@ -188,6 +188,9 @@ pub enum FleetError {
         /// What failed.
         reason: String,
     },
+    /// The node's transport did not start (its listen port is taken, say).
+    #[error("the node's transport did not start: {0}")]
+    Transport(String),
 }
 
 impl From<StorageError> for FleetError {
@@ -418,7 +421,7 @@ impl FleetBuilder {
                     directory.clone(),
                 )
                 .await
-                .map_err(|e| FleetError::Config(format!("cannot start the transport: {e}")))?;
+                .map_err(|e| FleetError::Transport(e.to_string()))?;
                 let advertise = self
                     .advertise
                     .clone()

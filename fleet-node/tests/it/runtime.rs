@@ -453,6 +453,40 @@ mod cluster {
             hosts.len() >= 2,
             "size-1 groups spread over nodes: {hosts:?}"
         );
+        // Members by name and this node's role in every group, from every node; one leader each.
+        let names: std::collections::BTreeMap<u64, String> = status
+            .nodes
+            .iter()
+            .map(|n| (n.entry.id, n.entry.name.clone()))
+            .collect();
+        let mut leaders = std::collections::BTreeMap::<String, usize>::new();
+        for node in &nodes {
+            let me = node.fleet.name().to_string();
+            for g in node.fleet.status().await.unwrap().groups {
+                let mut members: Vec<String> = g
+                    .entry
+                    .initial_members
+                    .iter()
+                    .map(|m| names[&m.node.0].clone())
+                    .collect();
+                members.sort();
+                let mut got = g.members.clone();
+                got.sort();
+                assert_eq!(
+                    got, members,
+                    "members of {} as {me} sees them",
+                    g.entry.name
+                );
+                assert!(g.learners.is_empty());
+                assert_eq!(g.role.is_some(), members.contains(&me), "{g:?} on {me}");
+                if g.role.as_deref() == Some("leader") {
+                    *leaders.entry(g.entry.name.clone()).or_default() += 1;
+                    assert_eq!(g.leader.as_deref(), Some(me.as_str()));
+                }
+            }
+        }
+        assert_eq!(leaders.len(), 100, "every group has a leader: {leaders:?}");
+        assert!(leaders.values().all(|n| *n == 1), "{leaders:?}");
         for node in nodes {
             node.fleet.shutdown().await.unwrap();
         }
@@ -542,6 +576,30 @@ mod cluster {
         for node in nodes {
             node.fleet.shutdown().await.unwrap();
         }
+    }
+
+    /// A node whose listen port is taken says so, as a transport error (not a configuration one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taken_port_is_a_clear_error() {
+        let ca =
+            CertificateAuthority::generate("test-cluster", Validity::days_from_now(1)).expect("ca");
+        let n1 = start_node(&ca, "n1", vec![], tempfile::tempdir().unwrap()).await;
+        let taken = n1.fleet.local_addr().expect("bound");
+        let err = Fleet::builder()
+            .name("n2")
+            .data_dir(tempfile::tempdir().unwrap().path())
+            .settings(settings())
+            .listen(taken)
+            .tls(tls_for(&ca, "n2"))
+            .register::<KvStore>("kv")
+            .start()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FleetError::Transport(m) if m.contains(&format!("cannot listen on {taken}"))),
+            "{err}"
+        );
+        n1.fleet.shutdown().await.unwrap();
     }
 
     /// A node holding another cluster's certificates cannot join.
