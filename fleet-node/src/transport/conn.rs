@@ -764,10 +764,20 @@ async fn drive_peer<M: Message>(inner: Arc<Inner<M>>, peer: Arc<Peer>) {
             attempt = attempt.saturating_add(1);
             peer.want_connection.store(false, Ordering::Release);
             let dropped = peer.drop_queued();
-            tracing::warn!(
-                node = %inner.identity.name, peer = %peer.name, attempt, dropped_messages = dropped, error = %e,
-                "cannot connect to peer; will retry with backoff"
-            );
+            // A peer that is down fails every attempt: warn on attempts 1, 2, 4, 8, ... so a
+            // long outage stays visible without a line per retry.
+            if attempt.is_power_of_two() {
+                tracing::warn!(
+                    node = %inner.identity.name, peer = %peer.name, attempt, dropped_messages = dropped, error = %e,
+                    "cannot connect to peer; will retry with backoff (warned again at attempt {})",
+                    attempt.saturating_mul(2)
+                );
+            } else {
+                tracing::debug!(
+                    node = %inner.identity.name, peer = %peer.name, attempt, dropped_messages = dropped, error = %e,
+                    "cannot connect to peer; will retry with backoff"
+                );
+            }
         }
     }
 }
