@@ -29,9 +29,10 @@
 //!   metrics go to that one and `/metrics` answers 503 saying so.
 //! - Open connections are bounded by [`ADMIN_CONNECTIONS_MAX`] (a semaphore permit per
 //!   connection, as mini-redis does); beyond it new connections wait in the listen backlog.
-//! - `/healthz` and `/readyz` ask the node loop (through [`Fleet::health`], which does not walk
-//!   the groups) and give it
-//!   [`NODE_ANSWER_TIMEOUT`] to answer: a loop that hangs is as unhealthy as one that stopped.
+//! - `/healthz` and `/readyz` ask worker 0 (through [`Fleet::health`], which does not walk the
+//!   groups) and give it [`NODE_ANSWER_TIMEOUT`] to answer: a worker that hangs is as unhealthy
+//!   as one that stopped. A storage failure in any worker stops every worker and shows in the
+//!   health answer.
 
 use std::future::IntoFuture;
 use std::io;

@@ -246,6 +246,9 @@ pub(crate) struct Workers {
     pub hosted: Vec<AtomicU64>,
     pub leading: Vec<AtomicU64>,
     pub lag: Vec<AtomicU64>,
+    /// Why the node stopped, once a worker's storage failed: every worker then stops (nothing
+    /// more is acknowledged), and health reports it.
+    pub failed: std::sync::Mutex<Option<String>>,
 }
 
 impl Workers {
@@ -258,6 +261,7 @@ impl Workers {
             hosted: zeros(),
             leading: zeros(),
             lag: zeros(),
+            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -305,6 +309,11 @@ pub(crate) struct Driver {
     /// same batch, in its commit.
     creates: Vec<(GroupId, ReplicaId, String)>,
     extra_writes: Vec<GroupWrite>,
+    /// New replicas in the batch being gathered (at most `NEW_REPLICAS_PER_BATCH_MAX`).
+    new_in_batch: usize,
+    /// Groups placed here wait to be hosted because a batch had no room for more new replicas;
+    /// a later tick hosts them.
+    hosting_pending: bool,
     /// Local snapshots: written first in the next batch. The store takes a snapshot only ahead
     /// of its group's other writes in a batch, and the entries it covers are in earlier batches.
     snapshot_writes: Vec<GroupWrite>,
@@ -386,6 +395,8 @@ impl Driver {
                 next_read: 1,
                 creates: Vec::new(),
                 extra_writes: Vec::new(),
+                new_in_batch: 0,
+                hosting_pending: false,
                 snapshot_writes: Vec::new(),
                 catalog_queue: VecDeque::new(),
                 net: net.clone(),
@@ -515,7 +526,9 @@ impl Driver {
                 // Before requests: a request routed here by the name index finds the catalog
                 // news that preceded it (worker 0 tells the worker, then indexes the name).
                 Some(c) = self.control_rx.recv() => self.control(c),
-                Some(frame) = next_frame(&mut self.frames) => self.receive(frame),
+                Some(frame) = next_frame(&mut self.frames) => if shutdown.is_none() {
+                    self.receive(frame)
+                },
                 _ = ticker.tick() => self.tick(),
                 req = rx.recv(), if shutdown.is_none() => match req {
                     Some(Request::Shutdown { reply }) => shutdown = Some(reply),
@@ -549,7 +562,9 @@ impl Driver {
                 if let Some(frames) = &mut self.frames
                     && let Ok(frame) = frames.try_recv()
                 {
-                    self.receive(frame);
+                    if shutdown.is_none() {
+                        self.receive(frame);
+                    }
                     took = true;
                 }
                 if shutdown.is_none()
@@ -566,13 +581,17 @@ impl Driver {
                     break;
                 }
             }
-            if self.failed.is_some() {
+            if self.failed_elsewhere() {
                 break;
+            }
+            if shutdown.is_some() {
+                // Shutting down: no new batches, only those in flight finish.
+                if self.batches.is_empty() {
+                    break;
+                }
+                continue;
             }
             self.flush();
-            if shutdown.is_some() && self.batches.is_empty() {
-                break;
-            }
         }
         let failure = self.failed.clone();
         for slot in self.slots.values_mut() {
@@ -759,6 +778,10 @@ impl Driver {
                 slot.replica.campaign();
                 self.wake(g);
             }
+        }
+        if self.hosting_pending && self.creates.is_empty() && self.extra_writes.is_empty() {
+            self.hosting_pending = false;
+            self.reconcile_hosting(None);
         }
         if self.ticks.is_multiple_of(META_RECONCILE_TICKS) {
             self.reconcile_meta_membership();
@@ -1466,7 +1489,13 @@ impl Driver {
             has_catalog: self.catalog().is_some(),
             meta_leader: self.meta_leader(),
             groups_hosted: Workers::sum(&self.workers.hosted) as usize,
-            failed: self.failed.clone().or_else(|| self.store.failure()),
+            failed: self
+                .workers
+                .failed
+                .lock()
+                .expect("failed lock")
+                .clone()
+                .or_else(|| self.store.failure()),
         }
     }
 
@@ -1666,6 +1695,15 @@ impl Driver {
         if missing.is_empty() {
             return;
         }
+        // At most NEW_REPLICAS_PER_BATCH_MAX new replicas ride in one batch; the others wait
+        // for a later tick.
+        let room = NEW_REPLICAS_PER_BATCH_MAX
+            .saturating_sub(self.new_in_batch + self.creates.len() + self.extra_writes.len());
+        let mut missing = missing;
+        if missing.len() > room {
+            missing.truncate(room);
+            self.hosting_pending = true;
+        }
         let mut ready = Vec::with_capacity(missing.len());
         for (entry, id) in missing {
             match self.machine(&entry.kind, None) {
@@ -1720,22 +1758,50 @@ impl Driver {
         for w in self.snapshot_writes.drain(..) {
             batch.push(w);
         }
+        // The store refuses a batch beyond its commit bounds: stop taking Readys at half of them
+        // (one Ready is far smaller) and leave the other groups for the next batch.
+        let (entries_max, bytes_max) = {
+            let c = self.store.config();
+            (c.commit_entries_max / 2, c.commit_bytes_max / 2)
+        };
+        let (mut entries, mut bytes) = (0usize, 0usize);
+        let count = |w: &GroupWrite, entries: &mut usize, bytes: &mut usize| {
+            *entries += w.entries.len();
+            *bytes += w.entries.iter().map(Entry::size_bytes).sum::<usize>();
+        };
+        self.new_in_batch = 0;
         let mut stashes = Vec::new();
         // Applying may wake groups (a catalog change hosts new ones); they are taken in the same
         // batch, a bounded number of passes. A new replica's bootstrap goes in before the Readys
         // of the next pass (before its first Ready); local snapshots wait for the next batch.
         for _ in 0..FLUSH_PASSES_MAX {
+            self.new_in_batch += self.creates.len();
             batch.creates.append(&mut self.creates);
             for w in self.extra_writes.drain(..) {
+                count(&w, &mut entries, &mut bytes);
                 batch.push(w);
             }
-            if self.dirty.is_empty() {
+            if self.dirty.is_empty() || entries >= entries_max || bytes >= bytes_max {
                 break;
             }
             let dirty: Vec<GroupId> = std::mem::take(&mut self.dirty).into_iter().collect();
-            for g in dirty {
+            let mut dirty = dirty.into_iter();
+            for g in dirty.by_ref() {
+                let before = batch.groups.len();
                 self.take_ready(g, &mut batch, &mut stashes);
+                if batch.groups.len() > before {
+                    count(
+                        batch.groups.last().expect("pushed"),
+                        &mut entries,
+                        &mut bytes,
+                    );
+                }
+                if entries >= entries_max || bytes >= bytes_max {
+                    break;
+                }
             }
+            // Left for the next batch (the loop comes back at once while groups are dirty).
+            self.dirty.extend(dirty);
             self.send_outbox();
         }
         if batch.is_empty() && stashes.is_empty() {
@@ -1915,8 +1981,23 @@ impl Driver {
     }
 
     fn fail(&mut self, why: String) {
-        error!(node = %self.name, error = %why, "storage failed; stopping the node (nothing more is acknowledged)");
+        error!(node = %self.name, worker = self.shard, error = %why, "storage failed; stopping the node (nothing more is acknowledged)");
+        self.workers
+            .failed
+            .lock()
+            .expect("failed lock")
+            .get_or_insert_with(|| why.clone());
         self.failed = Some(why);
+    }
+
+    /// Whether another worker failed: this one stops too (it notices within a tick).
+    fn failed_elsewhere(&mut self) -> bool {
+        if self.failed.is_none()
+            && let Some(why) = self.workers.failed.lock().expect("failed lock").clone()
+        {
+            self.failed = Some(why);
+        }
+        self.failed.is_some()
     }
 
     fn write_done(&mut self, id: u64, result: Result<WriteOutcome, FleetError>) {
@@ -2032,6 +2113,10 @@ fn campaign_rank(
         .position(|n| *n == me)
         .map_or(survivors.len() as u32, |p| p as u32)
 }
+
+/// New replicas (registration and bootstrap entry each) in one storage batch, at most: well
+/// within the store's commit bounds, with room for the Readys of the same batch.
+const NEW_REPLICAS_PER_BATCH_MAX: usize = 4_096;
 
 /// A peer hears from this node at least this often, in ticks (an empty frame if nothing else).
 const LIVENESS_PROBE_TICKS: u64 = 5;

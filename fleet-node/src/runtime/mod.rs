@@ -8,15 +8,17 @@
 //! work from any node through the leader cache, storage commits every group's writes in one
 //! batch, idle groups quiesce, node-level liveness wakes them when a leader's node goes silent,
 //! and everything recovers on restart. **Next:** members moving when nodes come and go
-//! (`deactivate`, dead nodes), several worker tasks, snapshots streamed on their own streams.
+//! (`deactivate`, dead nodes), snapshots streamed on their own streams.
 //!
 //! # Decisions
 //!
-//! - One task drives every group: it ticks only the groups that are awake (a quiesced group costs
+//! - A few worker tasks drive the groups ([`Settings::workers`]; group id modulo the count, the
+//!   catalog on worker 0). A worker ticks only its groups that are awake (a quiesced group costs
 //!   nothing per tick), steps the replicas that have work, gathers every `Ready` into **one**
-//!   storage batch (group commit), sends one frame per destination node, and, when the batch is
-//!   durable, sends the messages that waited for it and applies committed entries. The next batch
-//!   is gathered while one is being written.
+//!   storage batch (group commit; the store's writer merges the workers' batches that queue up),
+//!   sends one frame per destination node, applies committed entries, and, when the batch is
+//!   durable, sends the messages that waited for it. The next batch is gathered while one is
+//!   being written. `docs/runtime.md` has the details.
 //! - A command that does not decode as its group's command type is refused before it is proposed,
 //!   so it never reaches the log. A state machine that panics stops its group on this node (with
 //!   an error naming the group and the index); other groups keep running.
@@ -24,9 +26,10 @@
 //!   and ask to join; the catalog is the only way into placement.
 //! - Client sessions are per group: each group keeps its own session table, so a `Fleet` handle
 //!   numbers its commands per group.
-//! - A request is handled by the node it is sent to, never forwarded again: the caller follows
-//!   `NotLeader` hints (and its leader cache) until its deadline, so a stale cache costs a
-//!   redirect, never a loop.
+//! - A request is handled by the node it is sent to, never forwarded to another node: the caller
+//!   follows `NotLeader` hints (and its leader cache) until its deadline, so a stale cache costs
+//!   a redirect, never a loop. (Inside a node it may go through worker 0 once, to find its
+//!   group's worker.)
 //! - The founding node's meta replica is `ReplicaId(1, 0)`: the catalog gives the first node id 1.
 //! - A new group's desired leader campaigns on the tick after creating its replica (the other
 //!   members apply the same catalog entry within a round trip), and again a few ticks later while
@@ -1189,7 +1192,9 @@ impl Fleet {
         let mut replies = Vec::new();
         for tx in &self.inner.txs {
             let (reply, rx) = oneshot::channel();
-            if tx.try_send(Request::Shutdown { reply }).is_ok() {
+            // Waits for room in a full queue (workers keep draining it); a worker that stopped
+            // already refuses at once.
+            if tx.send(Request::Shutdown { reply }).await.is_ok() {
                 replies.push(rx);
             }
         }

@@ -624,6 +624,11 @@ impl Store {
         self.send(|done| Request::Checkpoint { done }, true)
     }
 
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
     /// Stops the writer after the submitted requests, and returns the failure if there was one.
     pub fn close(mut self) -> Result<()> {
         self.stop();

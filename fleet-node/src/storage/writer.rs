@@ -228,7 +228,10 @@ impl Writer {
         while let Some((mut batch, done)) = reqs.next() {
             let creates = std::mem::take(&mut batch.creates);
             let new: Vec<GroupId> = creates.iter().map(|(g, _, _)| *g).collect();
-            if let Err(e) = self.admit_creates(creates, seq, &mut created) {
+            let admitted = self
+                .admit_creates(creates, seq, &mut created)
+                .map_err(|e| if e.is_fatal() { self.shared.fail(e) } else { e });
+            if let Err(e) = admitted {
                 tracing::warn!(error = %e, "storage refused a write");
                 let _ = done.send(Err(e));
                 continue;
