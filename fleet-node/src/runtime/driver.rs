@@ -659,7 +659,7 @@ impl Driver {
     }
 
     /// Node-level liveness. Every peer hears from this node at least every
-    /// `LIVENESS_PROBE_TICKS` (an empty frame when nothing else went its way). A peer silent for
+    /// `probe_ticks()` (an empty frame when nothing else went its way). A peer silent for
     /// an election timeout is suspected: every group it leads here forgets its leader, and its
     /// surviving voters campaign one after another in placement order, the first a few ticks
     /// from now, so that the votes of all those elections do not split.
@@ -671,7 +671,7 @@ impl Driver {
             let quiet = self
                 .last_sent
                 .get(&peer)
-                .is_none_or(|t| self.ticks >= t + LIVENESS_PROBE_TICKS);
+                .is_none_or(|t| self.ticks >= t + self.probe_ticks());
             if quiet {
                 let _ = net.transport.send(&peer, &[]);
                 self.last_sent.insert(peer.clone(), self.ticks);
@@ -743,6 +743,11 @@ impl Driver {
                 .suspect_leader_in(delay);
             self.wake(g);
         }
+    }
+
+    /// Ticks between liveness probes to a quiet peer (at least 1).
+    fn probe_ticks(&self) -> u64 {
+        (u64::from(self.settings.election_timeout_ticks) / LIVENESS_PROBES_PER_TIMEOUT).max(1)
     }
 
     /// This replica's place among the group's voters that are not suspected, in placement order
@@ -940,14 +945,19 @@ impl Driver {
                 let _ = reply.send(self.status());
             }
             Request::Joined { node_id, reply } => self.joined(node_id, reply),
-            Request::AwaitServing { group, reply } => {
+            Request::AwaitServing {
+                group,
+                deadline,
+                reply,
+            } => {
                 if self.serving_waiters.len() >= SERVING_WAITERS_MAX {
                     let _ = reply.send(Err(FleetError::Busy(
                         "too many callers wait for groups to serve".into(),
                     )));
                     return;
                 }
-                let deadline = Instant::now() + self.settings.request_timeout;
+                let deadline =
+                    deadline.unwrap_or_else(|| Instant::now() + self.settings.request_timeout);
                 self.serving_waiters.push((group, deadline, reply));
                 self.answer_serving_waiters();
             }
@@ -1082,7 +1092,11 @@ impl Driver {
                     .filter(|w| *w != 0)
             {
                 // The catalog now has the group, driven by another worker: wait there.
-                let req = Request::AwaitServing { group: name, reply };
+                let req = Request::AwaitServing {
+                    group: name,
+                    deadline: Some(deadline),
+                    reply,
+                };
                 self.tell(owner, Control::Request { req, routed: true });
                 continue;
             }
@@ -2118,8 +2132,9 @@ fn campaign_rank(
 /// within the store's commit bounds, with room for the Readys of the same batch.
 const NEW_REPLICAS_PER_BATCH_MAX: usize = 4_096;
 
-/// A peer hears from this node at least this often, in ticks (an empty frame if nothing else).
-const LIVENESS_PROBE_TICKS: u64 = 5;
+/// A peer hears from this node at least this often, in election timeouts (an empty frame if
+/// nothing else): 10 probes per timeout, so a live peer is never silent for half of one.
+const LIVENESS_PROBES_PER_TIMEOUT: u64 = 10;
 /// Ticks after a leader's node is suspected before the first surviving member campaigns: long
 /// enough that the other members suspect it too (they grant no pre-vote while they have a leader).
 const LIVENESS_CAMPAIGN_TICKS: u32 = 4;

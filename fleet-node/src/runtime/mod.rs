@@ -256,6 +256,9 @@ pub(crate) enum Request {
     /// Answers once the named group serves on this node.
     AwaitServing {
         group: String,
+        /// Until when (`None`: the request timeout from now); kept when the request moves
+        /// between workers.
+        deadline: Option<Instant>,
         reply: oneshot::Sender<Result<(), FleetError>>,
     },
     /// A catalog change (from `Rpc::Catalog` or a joining node).
@@ -620,7 +623,11 @@ async fn serve_requests(
                 }
                 Ok(rpc::Rpc::AwaitServing { group }) => {
                     let r = fleet
-                        .call(|reply| Request::AwaitServing { group, reply })
+                        .call(|reply| Request::AwaitServing {
+                            group,
+                            deadline: None,
+                            reply,
+                        })
                         .await
                         .and_then(|r| r);
                     rpc::encode(&r)
@@ -871,8 +878,12 @@ impl Fleet {
             }
             _ => {
                 let group = name.to_string();
-                self.call(|reply| Request::AwaitServing { group, reply })
-                    .await??;
+                self.call(|reply| Request::AwaitServing {
+                    group,
+                    deadline: None,
+                    reply,
+                })
+                .await??;
             }
         }
         Ok(entry)
