@@ -237,6 +237,16 @@ async fn writes(nodes: &[Node], clients: usize, groups: usize) -> (f64, f64, f64
 }
 
 /// The client counts of the write phase: `FLEET_BENCH_CLIENTS` (comma-separated), or 1,16,64,256.
+/// A 3-member etcd 3.4 cluster's writes/s on this machine (fsync on), as the issue reports them.
+fn etcd_writes_per_s(clients: usize) -> Option<f64> {
+    match clients {
+        1 => Some(1_360.0),
+        64 => Some(7_400.0),
+        256 => Some(11_700.0),
+        _ => None,
+    }
+}
+
 /// The nodes n1's catalog lists.
 async fn nodes_listed(fleet: &Fleet) -> usize {
     fleet.status().await.map_or(0, |s| s.nodes.len())
@@ -363,15 +373,17 @@ fn main() {
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
-            "{:<16}{:>12}{:>12}{:>12}{:>16}{:>16}",
-            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "frames/w"
+            "{:<16}{:>12}{:>12}{:>12}{:>16}{:>12}{:>10}",
+            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "frames/w", "x etcd"
         );
         for (c, (ops, p50, p99, costs)) in &write_rows {
+            let vs_etcd = etcd_writes_per_s(*c).map_or("-".to_string(), |e| format!("{:.2}", ops / e));
             println!(
-                "{c:<16}{ops:>12.0}{p50:>12.2}{p99:>12.2}{:>16.2}{:>16.2}",
+                "{c:<16}{ops:>12.0}{p50:>12.2}{p99:>12.2}{:>16.2}{:>12.2}{vs_etcd:>10}",
                 costs.commits, costs.frames
             );
         }
+        println!("(x etcd: writes/s over a 3-member etcd 3.4 cluster's on this machine, as the issue gives them: 1,360 at 1 client, 7,400 at 64, 11,700 at 256; targets 3x at 64 and 256)");
         println!("{:<52}{:>14.1}", "idle CPU per node, % of one core", idle_cpu_per_node);
         println!("{:<52}{:>14.0}", "resident memory of n3 (a process of its own), MiB", rss_n3);
         println!("{:<52}{:>14.0}", "resident memory of n1 + n2 + clients, MiB, / 2", rss_shared);
