@@ -396,16 +396,7 @@ impl Writer {
         if creates.is_empty() {
             return Ok(());
         }
-        {
-            let groups = self.shared.groups.read().expect("groups lock");
-            let mut seen = HashSet::new();
-            for (group, _, _) in &creates {
-                if groups.contains_key(group) || created.contains_key(group) || !seen.insert(*group)
-                {
-                    return Err(StorageError::GroupExists { group: *group });
-                }
-            }
-        }
+        self.check_new(creates.iter().map(|(g, _, _)| *g), created)?;
         // A previous life of a group may still be erasing: its segments share the keys.
         while creates.iter().any(|(g, _, _)| self.removing.contains(g)) {
             self.erase_step(Durability::None)?;
@@ -433,26 +424,55 @@ impl Writer {
                 .map_err(|e| self.shared.redb_err("write a wal record", e))?;
         }
         if !created.is_empty() {
-            let mut replicas = txn
-                .open_table(REPLICAS)
-                .map_err(|e| self.shared.redb_err("open the replicas table", e))?;
-            let mut records = txn
-                .open_table(SEGMENTS)
-                .map_err(|e| self.shared.redb_err("open the segments table", e))?;
-            for (group, state) in created {
-                replicas
-                    .insert(group.0, codec::encode(&state.replica).as_slice())
-                    .map_err(|e| self.shared.redb_err("write a replica record", e))?;
-                records
-                    .insert(
-                        (group.0, GROUP_RECORD_INDEX),
-                        codec::encode(&state.to_record(seq - 1)).as_slice(),
-                    )
-                    .map_err(|e| self.shared.redb_err("write a group record", e))?;
-            }
+            self.write_registrations(&txn, created.iter(), seq - 1)?;
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit a batch", e))
+    }
+
+    /// Refuses to register a group that exists, is registered earlier in the same commit
+    /// (`pending`), or appears twice in `new`.
+    fn check_new(
+        &self,
+        new: impl Iterator<Item = GroupId>,
+        pending: &GroupMap<GroupState>,
+    ) -> Result<()> {
+        let groups = self.shared.groups.read().expect("groups lock");
+        let mut seen = HashSet::new();
+        for group in new {
+            if groups.contains_key(&group) || pending.contains_key(&group) || !seen.insert(group) {
+                return Err(StorageError::GroupExists { group });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes new replicas' registry entries and group records (the write-ahead table holds
+    /// everything after `flushed_seq` for them) into `txn`.
+    fn write_registrations<'a>(
+        &self,
+        txn: &WriteTransaction,
+        new: impl Iterator<Item = (&'a GroupId, &'a GroupState)>,
+        flushed_seq: u64,
+    ) -> Result<()> {
+        let mut replicas = txn
+            .open_table(REPLICAS)
+            .map_err(|e| self.shared.redb_err("open the replicas table", e))?;
+        let mut records = txn
+            .open_table(SEGMENTS)
+            .map_err(|e| self.shared.redb_err("open the segments table", e))?;
+        for (group, state) in new {
+            replicas
+                .insert(group.0, codec::encode(&state.replica).as_slice())
+                .map_err(|e| self.shared.redb_err("write a replica record", e))?;
+            records
+                .insert(
+                    (group.0, GROUP_RECORD_INDEX),
+                    codec::encode(&state.to_record(flushed_seq)).as_slice(),
+                )
+                .map_err(|e| self.shared.redb_err("write a group record", e))?;
+        }
+        Ok(())
     }
 
     fn begin(&self, durability: Durability) -> Result<WriteTransaction> {
@@ -820,43 +840,18 @@ impl Writer {
     }
 
     fn create(&mut self, new: Vec<(GroupId, ReplicaRecord)>) -> Result<()> {
-        {
-            let groups = self.shared.groups.read().expect("groups lock");
-            let mut seen = HashSet::new();
-            for (group, _) in &new {
-                if groups.contains_key(group) || !seen.insert(*group) {
-                    return Err(StorageError::GroupExists { group: *group });
-                }
-            }
-        }
+        self.check_new(new.iter().map(|(g, _)| *g), &GroupMap::default())?;
         // A previous life of a group may still be erasing: its segments share the keys.
         while new.iter().any(|(g, _)| self.removing.contains(g)) {
             self.erase_step(Durability::None)?;
         }
         let flushed_seq = self.next_seq - 1;
+        let states: Vec<(GroupId, GroupState)> = new
+            .into_iter()
+            .map(|(group, record)| (group, GroupState::new(record, flushed_seq)))
+            .collect();
         let txn = self.begin(Durability::Immediate)?;
-        let mut states = Vec::with_capacity(new.len());
-        {
-            let mut replicas = txn
-                .open_table(REPLICAS)
-                .map_err(|e| self.shared.redb_err("open the replicas table", e))?;
-            let mut records = txn
-                .open_table(SEGMENTS)
-                .map_err(|e| self.shared.redb_err("open the segments table", e))?;
-            for (group, record) in new {
-                let state = GroupState::new(record.clone(), flushed_seq);
-                replicas
-                    .insert(group.0, codec::encode(&record).as_slice())
-                    .map_err(|e| self.shared.redb_err("write a replica record", e))?;
-                records
-                    .insert(
-                        (group.0, GROUP_RECORD_INDEX),
-                        codec::encode(&state.to_record(flushed_seq)).as_slice(),
-                    )
-                    .map_err(|e| self.shared.redb_err("write a group record", e))?;
-                states.push((group, state));
-            }
-        }
+        self.write_registrations(&txn, states.iter().map(|(g, st)| (g, st)), flushed_seq)?;
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit new groups", e))?;
         let mut groups = self.shared.groups.write().expect("groups lock");
