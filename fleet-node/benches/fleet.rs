@@ -369,7 +369,7 @@ fn main() {
         let _ = n3.process.wait();
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-        println!("fleet benchmark: n1 and n2 in this process, n3 a separate process; 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores, {} workers per node", workers());
+        println!("fleet benchmark: n1 and n2 in this process, n3 a separate process; 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores; workers per node: {}", workers());
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
