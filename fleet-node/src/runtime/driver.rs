@@ -341,7 +341,6 @@ pub(crate) struct Driver {
         CatalogCommand,
         oneshot::Sender<Result<CatalogOutput, FleetError>>,
     )>,
-    failed: Option<String>,
 }
 
 impl Driver {
@@ -409,7 +408,6 @@ impl Driver {
                 ticks: 0,
                 serving_waiters: Vec::new(),
                 joined_waiter: None,
-                failed: None,
             });
         }
         for group in &report.groups {
@@ -581,7 +579,7 @@ impl Driver {
                     break;
                 }
             }
-            if self.failed_elsewhere() {
+            if self.failure().is_some() {
                 break;
             }
             if shutdown.is_some() {
@@ -593,7 +591,7 @@ impl Driver {
             }
             self.flush();
         }
-        let failure = self.failed.clone();
+        let failure = self.failure();
         for slot in self.slots.values_mut() {
             let err = || {
                 failure
@@ -1503,13 +1501,7 @@ impl Driver {
             has_catalog: self.catalog().is_some(),
             meta_leader: self.meta_leader(),
             groups_hosted: Workers::sum(&self.workers.hosted) as usize,
-            failed: self
-                .workers
-                .failed
-                .lock()
-                .expect("failed lock")
-                .clone()
-                .or_else(|| self.store.failure()),
+            failed: self.failure().or_else(|| self.store.failure()),
         }
     }
 
@@ -2000,18 +1992,13 @@ impl Driver {
             .failed
             .lock()
             .expect("failed lock")
-            .get_or_insert_with(|| why.clone());
-        self.failed = Some(why);
+            .get_or_insert(why);
     }
 
-    /// Whether another worker failed: this one stops too (it notices within a tick).
-    fn failed_elsewhere(&mut self) -> bool {
-        if self.failed.is_none()
-            && let Some(why) = self.workers.failed.lock().expect("failed lock").clone()
-        {
-            self.failed = Some(why);
-        }
-        self.failed.is_some()
+    /// Why the node stopped, if any worker's storage failed: every worker then stops (each
+    /// notices within a tick).
+    fn failure(&self) -> Option<String> {
+        self.workers.failed.lock().expect("failed lock").clone()
     }
 
     fn write_done(&mut self, id: u64, result: Result<WriteOutcome, FleetError>) {

@@ -724,13 +724,7 @@ impl Fleet {
         let w = req
             .group_name()
             .map_or(0, |name| self.inner.workers.of_name(name));
-        self.inner.txs[w].try_send(req).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                FleetError::Busy("the node's request queue is full".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => FleetError::Shutdown,
-        })?;
-        rx.await.map_err(|_| FleetError::Shutdown)
+        self.send(w, req, rx).await
     }
 
     /// Sends a request to worker `w`.
@@ -740,7 +734,17 @@ impl Fleet {
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, FleetError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.txs[w].try_send(make(tx)).map_err(|e| match e {
+        self.send(w, make(tx), rx).await
+    }
+
+    /// Queues `req` for worker `w` (`Busy` if its queue is full) and waits for the answer.
+    async fn send<T>(
+        &self,
+        w: usize,
+        req: Request,
+        rx: oneshot::Receiver<T>,
+    ) -> Result<T, FleetError> {
+        self.inner.txs[w].try_send(req).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 FleetError::Busy("the node's request queue is full".into())
             }

@@ -108,6 +108,17 @@ pub struct ReplicaRecord {
     pub state: ReplicaState,
 }
 
+impl ReplicaRecord {
+    /// A new replica's record: registered, not active yet.
+    pub fn pending(replica: ReplicaId, kind: String) -> Self {
+        ReplicaRecord {
+            replica,
+            kind,
+            state: ReplicaState::Pending,
+        }
+    }
+}
+
 /// The checkpointed state of one group (table `segments`, key `(group, u64::MAX)`): what the
 /// segments hold, and the hard state and snapshot as of `flushed_seq`. Write-ahead records after
 /// `flushed_seq` bring it up to date on recovery.

@@ -596,14 +596,7 @@ impl Store {
         }
         let groups = groups
             .into_iter()
-            .map(|(group, replica, kind)| {
-                let record = ReplicaRecord {
-                    replica,
-                    kind,
-                    state: ReplicaState::Pending,
-                };
-                (group, record)
-            })
+            .map(|(group, replica, kind)| (group, ReplicaRecord::pending(replica, kind)))
             .collect();
         self.send(|done| Request::Create { groups, done }, true)
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use fleet_core::{Entry, GroupId, HardState, Index, ReplicaId, Term};
+use fleet_core::{Entry, GroupId, HardState, Index, Term};
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -226,8 +226,11 @@ impl Writer {
         let mut created: GroupMap<GroupState> = GroupMap::default();
         let mut reqs = reqs.into_iter();
         while let Some((mut batch, done)) = reqs.next() {
-            let creates = std::mem::take(&mut batch.creates);
-            let new: Vec<GroupId> = creates.iter().map(|(g, _, _)| *g).collect();
+            let creates: Vec<(GroupId, ReplicaRecord)> = std::mem::take(&mut batch.creates)
+                .into_iter()
+                .map(|(group, replica, kind)| (group, ReplicaRecord::pending(replica, kind)))
+                .collect();
+            let new: Vec<GroupId> = creates.iter().map(|(g, _)| *g).collect();
             let admitted = self
                 .admit_creates(creates, seq, &mut created)
                 .map_err(|e| if e.is_fatal() { self.shared.fail(e) } else { e });
@@ -308,10 +311,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(accepted.len());
         {
             let mut groups = self.shared.groups.write().expect("groups lock");
-            for (group, state) in created {
-                tracing::debug!(group = group.0, replica = %state.replica.replica, kind = %state.replica.kind, "storage: group created");
-                groups.insert(group, state);
-            }
+            self.install_created(created, &mut groups);
             // What each operation made durable, as of that operation: a later batch of the same
             // commit may change the group again.
             let mut durable = Vec::with_capacity(record.ops.len());
@@ -389,27 +389,30 @@ impl Writer {
     /// says the write-ahead table holds everything from `seq` on for them.
     fn admit_creates(
         &mut self,
-        creates: Vec<(GroupId, ReplicaId, String)>,
+        creates: Vec<(GroupId, ReplicaRecord)>,
         seq: u64,
         created: &mut GroupMap<GroupState>,
     ) -> Result<()> {
         if creates.is_empty() {
             return Ok(());
         }
-        self.check_new(creates.iter().map(|(g, _, _)| *g), created)?;
+        self.check_new(creates.iter().map(|(g, _)| *g), created)?;
         // A previous life of a group may still be erasing: its segments share the keys.
-        while creates.iter().any(|(g, _, _)| self.removing.contains(g)) {
+        while creates.iter().any(|(g, _)| self.removing.contains(g)) {
             self.erase_step(Durability::None)?;
         }
-        for (group, replica, kind) in creates {
-            let record = ReplicaRecord {
-                replica,
-                kind,
-                state: ReplicaState::Pending,
-            };
+        for (group, record) in creates {
             created.insert(group, GroupState::new(record, seq - 1));
         }
         Ok(())
+    }
+
+    /// Installs registered replicas' states once their commit is durable.
+    fn install_created(&self, created: GroupMap<GroupState>, groups: &mut GroupMap<GroupState>) {
+        for (group, state) in created {
+            tracing::debug!(group = group.0, replica = %state.replica.replica, kind = %state.replica.kind, "storage: group created");
+            groups.insert(group, state);
+        }
     }
 
     /// Commits one write-ahead record, and the registrations of the replicas it creates, in one
@@ -840,25 +843,15 @@ impl Writer {
     }
 
     fn create(&mut self, new: Vec<(GroupId, ReplicaRecord)>) -> Result<()> {
-        self.check_new(new.iter().map(|(g, _)| *g), &GroupMap::default())?;
-        // A previous life of a group may still be erasing: its segments share the keys.
-        while new.iter().any(|(g, _)| self.removing.contains(g)) {
-            self.erase_step(Durability::None)?;
-        }
-        let flushed_seq = self.next_seq - 1;
-        let states: Vec<(GroupId, GroupState)> = new
-            .into_iter()
-            .map(|(group, record)| (group, GroupState::new(record, flushed_seq)))
-            .collect();
+        let seq = self.next_seq;
+        let mut created = GroupMap::default();
+        self.admit_creates(new, seq, &mut created)?;
         let txn = self.begin(Durability::Immediate)?;
-        self.write_registrations(&txn, states.iter().map(|(g, st)| (g, st)), flushed_seq)?;
+        self.write_registrations(&txn, created.iter(), seq - 1)?;
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit new groups", e))?;
         let mut groups = self.shared.groups.write().expect("groups lock");
-        for (group, state) in states {
-            tracing::debug!(group = group.0, replica = %state.replica.replica, kind = %state.replica.kind, "storage: group created");
-            groups.insert(group, state);
-        }
+        self.install_created(created, &mut groups);
         Ok(())
     }
 
