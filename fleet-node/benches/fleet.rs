@@ -8,7 +8,11 @@
 //! Run: `cargo bench -p fleet-node --bench fleet` (about a minute). Prints a table, then one JSON
 //! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000),
 //! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows, `FLEET_BENCH_WORKERS`
-//! the workers per node.
+//! the workers per node, `FLEET_BENCH_NODE_BIN` another build of `fleet-node` to run as n3.
+
+/// The daemon's allocator (see `fleet-node/src/main.rs`), so n1 and n2 run like n3.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +97,40 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Context switches (voluntary and not) of every thread of process `pid` so far.
+fn context_switches(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// UDP datagrams sent by the whole machine so far (`/proc/net/snmp`; the nodes are all there
+/// is on a benchmark machine).
+fn udp_datagrams_sent() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0.0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Resident memory of process `pid`, MiB.
 fn resident_mib(pid: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -123,7 +161,10 @@ impl Child {
         .expect("certificate")
         .write(&certs, false)
         .expect("write certificates");
-        let process = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-node"))
+        // `FLEET_BENCH_NODE_BIN` runs another build of the daemon as n3 (to compare two builds).
+        let bin = std::env::var("FLEET_BENCH_NODE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_fleet-node").to_string());
+        let process = std::process::Command::new(bin)
             .args([
                 "run",
                 "--name",
@@ -177,15 +218,28 @@ fn counter(name: &str) -> f64 {
 }
 
 /// Per write, over n1 and n2 (n3's counters are in its own process): storage commits (one fsync
-/// each) and frames sent.
+/// each) and frames sent; over all three nodes and the clients (both processes): CPU time,
+/// context switches and UDP datagrams. The last two do not depend on how fast the machine is
+/// at the moment, so they compare builds even when the shared machine's speed drifts.
 struct Costs {
     commits: f64,
     frames: f64,
+    cpu_us: f64,
+    switches: f64,
+    datagrams: f64,
 }
 
 /// Writes over the first `min(WRITE_GROUPS, groups)` groups.
-async fn writes(nodes: &[Node], clients: usize, groups: usize) -> (f64, f64, f64, Costs) {
+async fn writes(
+    nodes: &[Node],
+    child: &str,
+    clients: usize,
+    groups: usize,
+) -> (f64, f64, f64, Costs) {
     let write_groups = WRITE_GROUPS.min(groups).max(1);
+    let cpu0 = cpu_seconds("self") + cpu_seconds(child);
+    let switches0 = context_switches("self") + context_switches(child);
+    let datagrams0 = udp_datagrams_sent();
     let commits0 = counter("fleet_storage_commits_total");
     let frames0 = counter("fleet_transport_frames_sent_total");
     let hist = Arc::new(std::sync::Mutex::new(
@@ -232,6 +286,12 @@ async fn writes(nodes: &[Node], clients: usize, groups: usize) -> (f64, f64, f64
         Costs {
             commits: per_write(counter("fleet_storage_commits_total"), commits0),
             frames: per_write(counter("fleet_transport_frames_sent_total"), frames0),
+            cpu_us: per_write(cpu_seconds("self") + cpu_seconds(child), cpu0) * 1e6,
+            switches: per_write(
+                context_switches("self") + context_switches(child),
+                switches0,
+            ),
+            datagrams: per_write(udp_datagrams_sent(), datagrams0),
         },
     )
 }
@@ -323,7 +383,7 @@ fn main() {
 
         let mut write_rows = Vec::new();
         for clients in client_counts() {
-            write_rows.push((clients, writes(&nodes, clients, groups).await));
+            write_rows.push((clients, writes(&nodes, &n3.pid(), clients, groups).await));
         }
 
         // Idle: every group quiesces and the storage writers finish moving the write phase's
@@ -373,16 +433,17 @@ fn main() {
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
-            "{:<16}{:>12}{:>12}{:>12}{:>16}{:>12}{:>10}",
-            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "frames/w", "x etcd"
+            "{:<9}{:>10}{:>8}{:>8}{:>16}{:>10}{:>10}{:>10}{:>10}{:>8}",
+            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "frames/w", "CPU µs/w", "ctx sw/w", "UDP /w", "x etcd"
         );
         for (c, (ops, p50, p99, costs)) in &write_rows {
             let vs_etcd = etcd_writes_per_s(*c).map_or("-".to_string(), |e| format!("{:.2}", ops / e));
             println!(
-                "{c:<16}{ops:>12.0}{p50:>12.2}{p99:>12.2}{:>16.2}{:>12.2}{vs_etcd:>10}",
-                costs.commits, costs.frames
+                "{c:<9}{ops:>10.0}{p50:>8.2}{p99:>8.2}{:>16.2}{:>10.2}{:>10.0}{:>10.1}{:>10.2}{vs_etcd:>8}",
+                costs.commits, costs.frames, costs.cpu_us, costs.switches, costs.datagrams
             );
         }
+        println!("(CPU µs/w, ctx sw/w: CPU time and context switches of both processes, all three nodes and the clients, per write; UDP /w: datagrams sent on the machine per write)");
         println!("(x etcd: writes/s over a 3-member etcd 3.4 cluster's on this machine, as the issue gives them: 1,360 at 1 client, 7,400 at 64, 11,700 at 256; targets 3x at 64 and 256)");
         println!("{:<52}{:>14.1}", "idle CPU per node, % of one core", idle_cpu_per_node);
         println!("{:<52}{:>14.0}", "resident memory of n3 (a process of its own), MiB", rss_n3);
@@ -399,7 +460,7 @@ fn main() {
         );
         let writes_json: Vec<String> = write_rows
             .iter()
-            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_frames_per_write\":{:.3}}}", costs.commits, costs.frames))
+            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.frames, costs.cpu_us, costs.switches, costs.datagrams))
             .collect();
         println!(
             "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",

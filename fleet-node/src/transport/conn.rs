@@ -421,7 +421,7 @@ impl<M: Message> Inner<M> {
         &self,
         peer: &Peer,
         body: &[u8],
-    ) -> Result<Vec<(GroupId, M)>, TransportError> {
+    ) -> Result<Decoded<M>, TransportError> {
         let frame = wire::decode_frame::<M>(body, &self.limits)?;
         if frame.cluster_id != self.identity.cluster {
             return Err(TransportError::WrongCluster {
@@ -435,9 +435,12 @@ impl<M: Message> Inner<M> {
                 claimed: frame.sender.to_owned(),
             });
         }
-        Ok(frame.messages)
+        Ok((frame.messages, frame.rpcs))
     }
 }
+
+/// A frame's Raft messages, and its requests and responses.
+type Decoded<M> = (Vec<(GroupId, M)>, Vec<wire::RpcItem>);
 
 /// Reads the peer's Raft stream: every frame is checked, counted and delivered.
 async fn raft_reader<M: Message>(
@@ -470,8 +473,8 @@ async fn raft_reader<M: Message>(
                 return;
             }
         };
-        let mut messages = match inner.decode_checked(&peer, &body) {
-            Ok(messages) => messages,
+        let (mut messages, rpcs) = match inner.decode_checked(&peer, &body) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 let reason = e.reject_reason().unwrap_or(RejectReason::Malformed);
                 refuse(&inner, &link.conn, Some(&peer), reason, e);
@@ -487,6 +490,9 @@ async fn raft_reader<M: Message>(
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         c.metric_frames_received.increment(1);
         c.metric_bytes_received.increment(frame_bytes);
+        for item in rpcs {
+            inner.take_rpc(&peer, item);
+        }
         let before = messages.len();
         messages.retain(|(group, _)| inner.directory.hosts(*group));
         if messages.len() < before {
@@ -693,10 +699,7 @@ async fn request_stream<M: Message>(
     let request = InboundRequest {
         from: identity,
         body,
-        responder: Responder {
-            send: Some(send),
-            bytes_max: inner.config.client_request_bytes_max,
-        },
+        responder: Responder::stream(send, inner.config.client_request_bytes_max),
     };
     if inner.requests_tx.try_send(request).is_err() {
         // The request (and its responder, which resets the stream) is dropped.

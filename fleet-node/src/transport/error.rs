@@ -198,6 +198,24 @@ pub enum TransportError {
     Stream(String),
 
     /// Waited longer than the limit.
+    /// The peer refused a request without handling it.
+    #[error("node {peer:?} refused the request: {reason}")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Too many requests to one peer are waiting for answers.
+    #[error(
+        "{limit} requests to node {peer:?} are already in flight (requests_in_flight_per_peer_max); retry later"
+    )]
+    RequestsInFlight {
+        /// The peer.
+        peer: String,
+        /// `requests_in_flight_per_peer_max`.
+        limit: usize,
+    },
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {
         /// What was awaited.

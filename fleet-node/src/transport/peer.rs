@@ -3,14 +3,16 @@
 //! Invariant: a peer has at most one current [`Link`]; the dialing side of a duplicate pair is
 //! chosen by [`keep_new_link`] identically on both nodes, so both keep the same connection.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::TransportError;
 
 /// One established, authenticated connection to a peer node, with our Raft stream on it.
 pub(crate) struct Link {
@@ -172,6 +174,28 @@ pub(crate) struct Peer {
     /// zero when never heard.
     pub(crate) last_heard: AtomicU64,
     pub(crate) counters: PeerCounters,
+    /// This node's requests in flight to the peer, by id (at most
+    /// `requests_in_flight_per_peer_max`).
+    pub(crate) requests: Mutex<HashMap<u64, RequestReply>>,
+}
+
+/// Where the answer to one request in flight goes.
+pub(crate) type RequestReply = oneshot::Sender<Result<Bytes, TransportError>>;
+
+/// Removes a request from its peer's in-flight map when the requester stops waiting.
+pub(crate) struct PendingRequest<'a> {
+    pub(crate) peer: &'a Peer,
+    pub(crate) id: u64,
+}
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        self.peer
+            .requests
+            .lock()
+            .expect("requests lock is never poisoned")
+            .remove(&self.id);
+    }
 }
 
 impl Peer {
@@ -184,6 +208,19 @@ impl Peer {
             link: watch::Sender::new(None),
             want_connection: AtomicBool::new(false),
             last_heard: AtomicU64::new(0),
+            requests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Delivers the answer to request `id`, if its requester still waits (else drops it).
+    pub(crate) fn answer(&self, id: u64, answer: Result<Bytes, TransportError>) {
+        let reply = self
+            .requests
+            .lock()
+            .expect("requests lock is never poisoned")
+            .remove(&id);
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
         }
     }
 

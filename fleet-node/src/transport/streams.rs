@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::identity::Identity;
-use super::wire::{self, LENGTH_PREFIX_BYTES, StreamHello};
+use super::peer::Peer;
+use super::wire::{self, LENGTH_PREFIX_BYTES, RpcItem, StreamHello};
 use super::{TransportError, close_code};
 
 /// Bytes read from a stream at once beyond what the current record needs, so small frames are
@@ -213,11 +214,30 @@ pub struct InboundRequest {
     pub responder: Responder,
 }
 
-/// Sends the response to one [`InboundRequest`]. Dropping it without responding resets the
-/// stream, which the requester sees as an error.
+/// Sends the response to one [`InboundRequest`]. Dropping it without responding tells the
+/// requester so (a reset stream, or a refusal in a frame), which it sees as an error.
 pub struct Responder {
-    pub(crate) send: Option<quinn::SendStream>,
-    pub(crate) bytes_max: u32,
+    kind: ResponderKind,
+    bytes_max: u32,
+}
+
+enum ResponderKind {
+    /// The request came on a bidirectional stream of its own.
+    Stream(Option<quinn::SendStream>),
+    /// The request came in a frame from a peer node; the answer goes back in one.
+    Frame(Option<FrameReply>),
+}
+
+struct FrameReply {
+    id: u64,
+    peer: Arc<Peer>,
+    sink: Arc<dyn RpcReplies>,
+}
+
+/// Sends a request's answer to the peer that asked (the transport's shared state).
+pub(crate) trait RpcReplies: Send + Sync {
+    /// Queues `item` for `peer`.
+    fn reply(&self, peer: &Arc<Peer>, item: RpcItem) -> Result<(), TransportError>;
 }
 
 impl std::fmt::Debug for Responder {
@@ -227,7 +247,27 @@ impl std::fmt::Debug for Responder {
 }
 
 impl Responder {
-    /// Sends `body` (at most `client_request_bytes_max` bytes) and closes the stream.
+    pub(crate) fn stream(send: quinn::SendStream, bytes_max: u32) -> Responder {
+        Responder {
+            kind: ResponderKind::Stream(Some(send)),
+            bytes_max,
+        }
+    }
+
+    pub(crate) fn frame(
+        id: u64,
+        bytes_max: u32,
+        peer: Arc<Peer>,
+        sink: Arc<dyn RpcReplies>,
+    ) -> Responder {
+        Responder {
+            kind: ResponderKind::Frame(Some(FrameReply { id, peer, sink })),
+            bytes_max,
+        }
+    }
+
+    /// Sends `body` (at most `client_request_bytes_max` bytes): on the request's stream, which
+    /// it then closes, or in a frame to the requesting node.
     pub async fn respond(mut self, body: &[u8]) -> Result<(), TransportError> {
         if body.len() as u64 > u64::from(self.bytes_max) {
             return Err(TransportError::TooLarge {
@@ -236,16 +276,55 @@ impl Responder {
                 limit: u64::from(self.bytes_max),
             });
         }
-        let mut send = self.send.take().expect("respond consumes the responder");
-        write_record(&mut send, body).await?;
-        send.finish().map_err(stream_error)
+        match &mut self.kind {
+            ResponderKind::Stream(send) => {
+                let mut send = send.take().expect("respond consumes the responder");
+                write_record(&mut send, body).await?;
+                send.finish().map_err(stream_error)
+            }
+            ResponderKind::Frame(reply) => {
+                let reply = reply.take().expect("respond consumes the responder");
+                let item = RpcItem::Response {
+                    id: reply.id,
+                    body: Bytes::copy_from_slice(body),
+                };
+                let sent = reply.sink.reply(&reply.peer, item);
+                if let Err(e) = &sent {
+                    // Tell the requester rather than leave it waiting for its deadline.
+                    let _ = reply.sink.reply(
+                        &reply.peer,
+                        RpcItem::Refused {
+                            id: reply.id,
+                            reason: format!("the response could not be sent: {e}"),
+                        },
+                    );
+                }
+                sent
+            }
+        }
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if let Some(mut send) = self.send.take() {
-            let _ = send.reset(quinn::VarInt::from_u32(close_code::ABORTED));
+        match &mut self.kind {
+            ResponderKind::Stream(send) => {
+                if let Some(mut send) = send.take() {
+                    let _ = send.reset(quinn::VarInt::from_u32(close_code::ABORTED));
+                }
+            }
+            ResponderKind::Frame(reply) => {
+                if let Some(reply) = reply.take() {
+                    let _ = reply.sink.reply(
+                        &reply.peer,
+                        RpcItem::Refused {
+                            id: reply.id,
+                            reason: "the node did not handle it (too many requests waiting, or stopping)"
+                                .into(),
+                        },
+                    );
+                }
+            }
         }
     }
 }

@@ -3,10 +3,11 @@
 //! Every stream starts with a [`StreamHello`] that says what the stream carries. After it:
 //!
 //! - a Raft stream ([`StreamKind::Raft`], one per direction per connection, long-lived) carries
-//!   [`Frame`]s, each a batch of `(group id, message)` for one destination;
+//!   [`Frame`]s, each a batch of `(group id, message)` for one destination, and the requests
+//!   one node forwards to another with their responses ([`RpcItem`], matched by id);
 //! - a snapshot stream ([`StreamKind::Snapshot`]) carries raw chunks;
 //! - a request stream ([`StreamKind::Request`], bidirectional) carries one request and one
-//!   response.
+//!   response (clients, and a node's requests too large for a frame).
 //!
 //! Every record is `u32` big-endian length, then that many bytes. The length is checked against
 //! its limit *before* anything is allocated, and a record must be consumed exactly: trailing bytes
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::TransportError;
 
 /// The version of every record this build writes; any other value is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of every length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -53,6 +54,35 @@ pub struct Frame<M> {
     pub sender: String,
     /// The messages, each for one group.
     pub messages: Vec<(GroupId, M)>,
+    /// Requests between the two nodes and their responses (at most `frame_messages_max`).
+    pub rpcs: Vec<RpcItem>,
+}
+
+/// A request one node sends another over their Raft stream, or its answer. Many requests share
+/// the long-lived stream (and its packets) instead of opening a stream each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcItem {
+    /// A request; the receiver answers it with a `Response` or `Refused` of the same `id`.
+    Request {
+        /// Chosen by the sender, unique among its requests in flight to the receiver.
+        id: u64,
+        /// Opaque to the transport.
+        body: Bytes,
+    },
+    /// The answer to request `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// Opaque to the transport.
+        body: Bytes,
+    },
+    /// Request `id` was not handled (the receiver is overloaded or stopping).
+    Refused {
+        /// The request's id.
+        id: u64,
+        /// Why, for the requester's error.
+        reason: String,
+    },
 }
 
 impl<M: Serialize> Frame<M> {
@@ -75,6 +105,8 @@ pub struct FrameRef<'a, M> {
     pub sender: &'a str,
     /// The messages.
     pub messages: Vec<(GroupId, M)>,
+    /// The requests and responses.
+    pub rpcs: Vec<RpcItem>,
 }
 
 /// Returns `bytes` behind a `u32` big-endian length prefix.
@@ -142,6 +174,19 @@ pub fn decode_frame<'a, M: DeserializeOwned>(
         messages.push(message);
         rest = after;
     }
+    let (count, mut rest) = take::<u64>(rest, WHAT)?;
+    if count > u64::from(limits.frame_messages_max) {
+        return Err(TransportError::TooManyMessages {
+            count,
+            limit: limits.frame_messages_max,
+        });
+    }
+    let mut rpcs = Vec::with_capacity((count as usize).min(rest.len()).min(4096));
+    for _ in 0..count {
+        let (item, after) = take::<RpcItem>(rest, WHAT)?;
+        rpcs.push(item);
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(TransportError::TrailingBytes {
             what: WHAT,
@@ -153,6 +198,7 @@ pub fn decode_frame<'a, M: DeserializeOwned>(
         cluster_id,
         sender,
         messages,
+        rpcs,
     })
 }
 
@@ -282,6 +328,10 @@ impl FrameEncoder {
                 return Ok(None);
             }
         }
+        put_varint(&mut frame, 0); // no rpcs
+        if frame.len() - LENGTH_PREFIX_BYTES > body_max {
+            return Ok(None);
+        }
         let len = u32::try_from(frame.len() - LENGTH_PREFIX_BYTES).expect("below frame_bytes_max");
         frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
         let count = u32::try_from(messages.len()).expect("below frame_messages_max");
@@ -319,13 +369,16 @@ impl FrameEncoder {
         let mut start = 0usize;
         for (i, &end) in ends.iter().enumerate() {
             let len = end - start;
-            if self.header.len() + varint_len(1) + len > frame_bytes_max {
+            if self.header.len() + varint_len(1) + len + RPCS_NONE_BYTES > frame_bytes_max {
                 self.flush(&mut batch, &body[frame_start..start], frame_count);
                 batch.too_large.push((messages[i].0, len));
                 (frame_start, frame_count) = (end, 0);
             } else {
                 let fits = frame_count < messages_max
-                    && self.header.len() + varint_len(frame_count + 1) + (end - frame_start)
+                    && self.header.len()
+                        + varint_len(frame_count + 1)
+                        + (end - frame_start)
+                        + RPCS_NONE_BYTES
                         <= frame_bytes_max;
                 if !fits {
                     self.flush(&mut batch, &body[frame_start..start], frame_count);
@@ -346,7 +399,7 @@ impl FrameEncoder {
     }
 
     fn push_frame(&self, batch: &mut EncodedBatch, messages: &[u8], count: usize) {
-        let len = self.header.len() + varint_len(count) + messages.len();
+        let len = self.header.len() + varint_len(count) + messages.len() + RPCS_NONE_BYTES;
         debug_assert!(len <= self.limits.frame_bytes_max as usize || count == 0);
         debug_assert!(count <= self.limits.frame_messages_max as usize);
         let mut frame = BytesMut::with_capacity(LENGTH_PREFIX_BYTES + len);
@@ -354,6 +407,7 @@ impl FrameEncoder {
         frame.put_slice(&self.header);
         put_varint(&mut frame, count as u64);
         frame.put_slice(messages);
+        put_varint(&mut frame, 0); // no rpcs
         batch.bytes += frame.len() as u64;
         batch.frames.push(frame.freeze());
         batch
@@ -361,6 +415,43 @@ impl FrameEncoder {
             .push(u32::try_from(count).expect("count <= frame_messages_max"));
     }
 }
+
+impl FrameEncoder {
+    /// One frame carrying `item` alone (no Raft messages): the bytes of [`Frame::to_wire`] with
+    /// `rpcs: vec![item]`. [`TransportError::TooLarge`] if it exceeds `frame_bytes_max`.
+    pub fn encode_rpc(&self, item: &RpcItem) -> Result<Bytes, TransportError> {
+        let body_len = match item {
+            RpcItem::Request { body, .. } | RpcItem::Response { body, .. } => body.len(),
+            RpcItem::Refused { reason, .. } => reason.len(),
+        };
+        let mut frame = Vec::with_capacity(
+            LENGTH_PREFIX_BYTES + self.header.len() + 2 * VARINT_BYTES_MAX + body_len + 16,
+        );
+        frame.put_u32(0); // patched below
+        frame.put_slice(&self.header);
+        put_varint(&mut frame, 0); // no messages
+        put_varint(&mut frame, 1);
+        let mut frame =
+            postcard::to_extend(item, frame).map_err(|source| TransportError::Malformed {
+                what: "outgoing request or response",
+                source,
+            })?;
+        let len = frame.len() - LENGTH_PREFIX_BYTES;
+        if len > self.limits.frame_bytes_max as usize {
+            return Err(TransportError::TooLarge {
+                what: "frame of a request or response",
+                len: len as u64,
+                limit: u64::from(self.limits.frame_bytes_max),
+            });
+        }
+        let len = u32::try_from(len).expect("below frame_bytes_max");
+        frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+        Ok(Bytes::from(frame))
+    }
+}
+
+/// Bytes of an empty `rpcs` list (its count, zero).
+const RPCS_NONE_BYTES: usize = 1;
 
 fn varint_len(value: usize) -> usize {
     let bits = usize::BITS - value.leading_zeros();
@@ -475,8 +566,72 @@ mod tests {
             cluster_id: "c1".to_owned(),
             sender: "n1".to_owned(),
             messages: messages.to_vec(),
+            rpcs: Vec::new(),
         }
         .to_wire()
+    }
+
+    #[test]
+    fn a_request_or_response_frame_equals_the_reference_encoding_and_decodes() {
+        let encoder = FrameEncoder::new("c1", "n1", LIMITS);
+        let items = [
+            RpcItem::Request {
+                id: 7,
+                body: Bytes::from_static(b"put k v"),
+            },
+            RpcItem::Response {
+                id: u64::MAX,
+                body: Bytes::new(),
+            },
+            RpcItem::Refused {
+                id: 1,
+                reason: "busy".into(),
+            },
+        ];
+        for item in items {
+            let frame = encoder.encode_rpc(&item).unwrap();
+            let reference = Frame::<Vec<u8>> {
+                version: PROTOCOL_VERSION,
+                cluster_id: "c1".to_owned(),
+                sender: "n1".to_owned(),
+                messages: Vec::new(),
+                rpcs: vec![item.clone()],
+            }
+            .to_wire();
+            assert_eq!(&frame[..], &reference[..]);
+            let decoded = decode_prefixed_frame::<Vec<u8>>(&frame, &LIMITS).unwrap();
+            assert!(decoded.messages.is_empty());
+            assert_eq!(decoded.rpcs, vec![item]);
+        }
+        let big = RpcItem::Request {
+            id: 1,
+            body: Bytes::from(vec![0u8; LIMITS.frame_bytes_max as usize]),
+        };
+        assert!(matches!(
+            encoder.encode_rpc(&big),
+            Err(TransportError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_frame_with_more_rpcs_than_the_limit_is_refused_before_they_decode() {
+        let frame = Frame::<Vec<u8>> {
+            version: PROTOCOL_VERSION,
+            cluster_id: "c1".to_owned(),
+            sender: "n1".to_owned(),
+            messages: Vec::new(),
+            rpcs: (0..=u64::from(LIMITS.frame_messages_max))
+                .map(|id| RpcItem::Refused {
+                    id,
+                    reason: String::new(),
+                })
+                .collect(),
+        }
+        .to_wire();
+        assert!(matches!(
+            decode_prefixed_frame::<Vec<u8>>(&frame, &LIMITS),
+            Err(TransportError::TooManyMessages { .. })
+        ));
     }
 
     #[test]

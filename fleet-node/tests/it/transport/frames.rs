@@ -20,6 +20,7 @@ fn frame(version: u32, cluster: &str, sender: &str, count: u64) -> Frame<Msg> {
         messages: (0..count)
             .map(|g| (GroupId(g), Msg::Heartbeat { term: 3, commit: g }))
             .collect(),
+        rpcs: Vec::new(),
     }
 }
 
@@ -99,7 +100,7 @@ async fn a_frame_of_an_unknown_protocol_version_is_refused() {
         &bytes,
         false,
         RejectReason::UnknownVersion,
-        "unknown protocol version 2",
+        &format!("unknown protocol version {}", PROTOCOL_VERSION + 1),
     )
     .await;
 }

@@ -185,19 +185,23 @@ async fn snapshots_stream_in_chunks_without_delaying_frames() {
 }
 
 #[tokio::test]
-async fn nodes_forward_requests_on_their_own_streams() {
+async fn nodes_send_requests_in_frames_and_large_ones_on_streams_of_their_own() {
     let pki = Pki::new("c1");
-    let mut nodes = start_nodes(&pki, &["n1", "n2"], config()).await;
+    let config = TransportConfig {
+        frame_bytes_max: 16 * 1024,
+        ..config()
+    };
+    let mut nodes = start_nodes(&pki, &["n1", "n2"], config).await;
     let mut n2 = nodes.pop().unwrap();
     let n1 = nodes.pop().unwrap();
     let server = tokio::spawn(async move {
-        for _ in 0..10 {
+        for _ in 0..11 {
             let request = n2.inbound.requests.recv().await.unwrap();
             assert_eq!(request.from.name, "n1");
             let body = request.body.clone();
             request.responder.respond(&body).await.unwrap();
         }
-        // A request dropped without an answer resets its stream.
+        // A request dropped without an answer is refused.
         drop(n2.inbound.requests.recv().await.unwrap());
         n2
     });
@@ -208,10 +212,64 @@ async fn nodes_forward_requests_on_their_own_streams() {
             &body[..]
         );
     }
+    let stats = n1.transport.peer_stats("n2").unwrap();
+    // Larger than a frame: a stream of its own (an answer that large could not come back in a
+    // frame either, so it comes on the stream).
+    let large = vec![7u8; 40 * 1024];
+    assert_eq!(
+        &n1.transport.request("n2", &large).await.unwrap()[..],
+        &large[..]
+    );
+    assert!(
+        n1.transport.peer_stats("n2").unwrap().bytes_sent < stats.bytes_sent + 40 * 1024,
+        "the large request did not go in frames"
+    );
     let unanswered = n1.transport.request("n2", b"no answer").await;
     assert!(
-        matches!(unanswered, Err(TransportError::Stream(_))),
+        matches!(&unanswered, Err(TransportError::Refused { peer, .. }) if peer == "n2"),
         "{unanswered:?}"
     );
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_bounded_and_fail_when_the_connection_closes() {
+    let pki = Pki::new("c1");
+    let config = TransportConfig {
+        requests_in_flight_per_peer_max: 2,
+        ..config()
+    };
+    let mut nodes = start_nodes(&pki, &["n1", "n2"], config).await;
+    let mut n2 = nodes.pop().unwrap();
+    let n1 = nodes.pop().unwrap();
+    let t1 = n1.transport.clone();
+    let t2 = n1.transport.clone();
+    let first = tokio::spawn(async move { t1.request("n2", b"one").await });
+    let second = tokio::spawn(async move { t2.request("n2", b"two").await });
+    // Both reach n2, which holds them unanswered.
+    let held = [
+        n2.inbound.requests.recv().await.unwrap(),
+        n2.inbound.requests.recv().await.unwrap(),
+    ];
+    let third = n1.transport.request("n2", b"three").await;
+    assert!(
+        matches!(
+            &third,
+            Err(TransportError::RequestsInFlight { limit: 2, .. })
+        ),
+        "{third:?}"
+    );
+    // n2 goes away without answering: both requests fail instead of waiting forever.
+    n2.transport.shutdown().await;
+    for waiting in [first, second] {
+        let result = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                &result,
+                Err(TransportError::Unreachable { .. } | TransportError::Refused { .. })
+            ),
+            "{result:?}"
+        );
+    }
+    drop(held);
 }
