@@ -10,10 +10,6 @@
 //! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows, `FLEET_BENCH_WORKERS`
 //! the workers per node, `FLEET_BENCH_NODE_BIN` another build of `fleet-node` to run as n3.
 
-/// The daemon's allocator (see `fleet-node/src/main.rs`), so n1 and n2 run like n3.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

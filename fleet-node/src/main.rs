@@ -16,12 +16,6 @@ use fleet_node::transport::certs::{
     CA_VALIDITY_DAYS_DEFAULT, CertificateAuthority, LEAF_VALIDITY_DAYS_DEFAULT, Validity,
 };
 
-/// mimalloc instead of the system allocator: the storage writer frees many page-sized buffers per
-/// commit and the workers allocate per message; glibc's `free` and `malloc_consolidate` were
-/// about a sixth of the writer thread's CPU under write load (`docs/runtime.md`, "Allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The fleet daemon: many named Raft groups per node.
 #[derive(Debug, Parser)]
 #[command(name = "fleet-node", version, about)]
