@@ -8,7 +8,9 @@
 //! Run: `cargo bench -p fleet-node --bench fleet` (about a minute). Prints a table, then one JSON
 //! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000),
 //! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows, `FLEET_BENCH_WORKERS`
-//! the workers per node, `FLEET_BENCH_NODE_BIN` another build of `fleet-node` to run as n3.
+//! the workers per node, `FLEET_BENCH_NODE_BIN` another build of `fleet-node` to run as n3,
+//! `FLEET_BENCH_LOCAL=1` to have each client write only to the groups its own node leads (no
+//! forwarding; the header says so).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -241,17 +243,45 @@ async fn writes(
     let hist = Arc::new(std::sync::Mutex::new(
         Histogram::<u64>::new(3).expect("histogram"),
     ));
+    // With FLEET_BENCH_LOCAL, each client writes only to the groups its own node leads.
+    let mut led: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
+    if local_only() {
+        for (i, node) in nodes.iter().enumerate() {
+            let status = node.fleet.status().await.expect("status");
+            led[i] = status
+                .groups
+                .iter()
+                .filter(|g| g.leader.as_deref() == Some(node.fleet.name()))
+                .filter(|g| {
+                    g.entry.name[1..]
+                        .parse::<usize>()
+                        .is_ok_and(|n| n < write_groups)
+                })
+                .map(|g| g.entry.name.clone())
+                .collect();
+            assert!(
+                !led[i].is_empty(),
+                "{} leads none of the written groups",
+                node.fleet.name()
+            );
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(WRITE_SECONDS);
     let mut tasks = Vec::new();
     for c in 0..clients {
         let fleet = nodes[c % nodes.len()].fleet.clone();
+        let mine = led[c % nodes.len()].clone();
         let hist = hist.clone();
         tasks.push(tokio::spawn(async move {
             let value = Bytes::from(vec![b'x'; VALUE_BYTES]);
             let mut ops = 0u64;
             let mut i = c;
             while Instant::now() < deadline {
-                let group = format!("g{}", i % write_groups);
+                let group = if mine.is_empty() {
+                    format!("g{}", i % write_groups)
+                } else {
+                    mine[i % mine.len()].clone()
+                };
                 i += clients;
                 let started = Instant::now();
                 let cmd = KvCommand::Put {
@@ -290,6 +320,12 @@ async fn writes(
             datagrams: per_write(udp_datagrams_sent(), datagrams0),
         },
     )
+}
+
+/// `FLEET_BENCH_LOCAL`: clients write only to groups led by their own node (no forwarding), to
+/// see what forwarding costs.
+fn local_only() -> bool {
+    std::env::var_os("FLEET_BENCH_LOCAL").is_some()
 }
 
 /// The client counts of the write phase: `FLEET_BENCH_CLIENTS` (comma-separated), or 1,16,64,256.
@@ -426,6 +462,9 @@ fn main() {
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!("fleet benchmark: n1 and n2 in this process, n3 a separate process; 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores; workers per node: {}", workers());
+        if local_only() {
+            println!("FLEET_BENCH_LOCAL: each client writes only to groups its own node leads (no forwarding; n3 leads none of them)");
+        }
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
@@ -459,9 +498,10 @@ fn main() {
             .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.frames, costs.cpu_us, costs.switches, costs.datagrams))
             .collect();
         println!(
-            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
+            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
             writes_json.join(","),
             workers(),
+            local_only(),
             led.len(),
             failover.value_at_quantile(0.5),
             failover.value_at_quantile(0.99),

@@ -417,11 +417,7 @@ impl<M: Message> Inner<M> {
     }
 
     /// Decodes a frame from `peer` and checks its cluster and sender.
-    fn decode_checked(
-        &self,
-        peer: &Peer,
-        body: &[u8],
-    ) -> Result<Decoded<M>, TransportError> {
+    fn decode_checked(&self, peer: &Peer, body: &[u8]) -> Result<Decoded<M>, TransportError> {
         let frame = wire::decode_frame::<M>(body, &self.limits)?;
         if frame.cluster_id != self.identity.cluster {
             return Err(TransportError::WrongCluster {
