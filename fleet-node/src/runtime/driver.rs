@@ -357,8 +357,13 @@ impl Driver {
         frames: Vec<mpsc::Receiver<InboundFrame<Message>>>,
         workers: Arc<Workers>,
         controls: Vec<mpsc::UnboundedReceiver<Control>>,
+        faults: Option<Arc<crate::storage::StorageFaults>>,
     ) -> Result<(Vec<Driver>, Arc<Store>), FleetError> {
-        let (store, report) = Store::open(StoreConfig::new(&data_dir))?;
+        let config = StoreConfig::new(&data_dir);
+        let (store, report) = match faults {
+            Some(faults) => Store::open_with_faults(config, faults)?,
+            None => Store::open(config)?,
+        };
         info!(node = %name, groups = report.groups.len(), elapsed = ?report.elapsed, workers = workers.count(), "storage opened");
         let store = Arc::new(store);
         let registry = Arc::new(registry);

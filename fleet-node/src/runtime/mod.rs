@@ -298,6 +298,7 @@ pub struct FleetBuilder {
     transport: crate::transport::TransportConfig,
     settings: Settings,
     kinds: Vec<KindRegistration>,
+    storage_faults: Option<Arc<crate::storage::StorageFaults>>,
 }
 
 impl std::fmt::Debug for FleetBuilder {
@@ -360,6 +361,13 @@ impl FleetBuilder {
     /// Tick, timeouts and limits.
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// Tests only: faults to switch on in the node's storage while it runs.
+    #[doc(hidden)]
+    pub fn storage_faults(mut self, faults: Arc<crate::storage::StorageFaults>) -> Self {
+        self.storage_faults = Some(faults);
         self
     }
 
@@ -458,6 +466,7 @@ impl FleetBuilder {
         let advertise = net.as_ref().map(|n| n.advertise.clone());
         let directory = net.as_ref().map(|n| n.directory.clone());
         let settings = self.settings.clone();
+        let storage_faults = self.storage_faults.clone();
         let (drivers, store) = tokio::task::spawn_blocking({
             let name = name.clone();
             let workers = workers.clone();
@@ -471,6 +480,7 @@ impl FleetBuilder {
                     frames,
                     workers,
                     control_rxs,
+                    storage_faults,
                 )
             }
         })
@@ -695,6 +705,7 @@ impl Fleet {
             transport: crate::transport::TransportConfig::default(),
             settings: Settings::default(),
             kinds: Vec::new(),
+            storage_faults: None,
         }
     }
 
@@ -748,9 +759,21 @@ impl Fleet {
             mpsc::error::TrySendError::Full(_) => {
                 FleetError::Busy("the node's request queue is full".into())
             }
-            mpsc::error::TrySendError::Closed(_) => FleetError::Shutdown,
+            mpsc::error::TrySendError::Closed(_) => self.stopped(),
         })?;
-        rx.await.map_err(|_| FleetError::Shutdown)
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    /// Why the workers no longer answer: their storage failed (and why), or a shutdown.
+    fn stopped(&self) -> FleetError {
+        let failed = self
+            .inner
+            .workers
+            .failed
+            .lock()
+            .expect("failed lock")
+            .clone();
+        failed.map_or(FleetError::Shutdown, FleetError::Storage)
     }
 
     /// Makes this node a member of the fleet in `zone`. The first node (no `join` addresses)

@@ -54,6 +54,7 @@
 
 mod codec;
 mod error;
+mod faults;
 mod recovery;
 mod snapshot;
 mod state;
@@ -76,6 +77,8 @@ use tokio::sync::oneshot;
 
 pub use codec::{ReplicaRecord, ReplicaState, STORAGE_FORMAT_VERSION, crc32c, crc32c_append};
 pub use error::{Result, StorageError};
+#[doc(hidden)]
+pub use faults::StorageFaults;
 pub use recovery::{RecoveredGroup, RecoveryReport};
 pub use snapshot::SnapshotReader;
 
@@ -498,6 +501,27 @@ impl Store {
         config.check();
         let path = config.data_dir.join(DATABASE_FILE_NAME);
         recovery::open(config, path, |b| b.create_with_backend(backend))
+    }
+
+    /// Like [`Store::open`], on the same file, with `faults` applied to it (tests of how the
+    /// node reacts to a failing disk).
+    #[doc(hidden)]
+    pub fn open_with_faults(
+        config: StoreConfig,
+        faults: Arc<StorageFaults>,
+    ) -> Result<(Store, RecoveryReport)> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io {
+            op: "create the data directory",
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        let path = config.data_dir.join(DATABASE_FILE_NAME);
+        let file = faults::FaultyFile::open(&path, faults).map_err(|e| StorageError::Io {
+            op: "open the database",
+            path: path.clone(),
+            source: e,
+        })?;
+        Store::open_with_backend(config, file)
     }
 
     fn start(shared: Arc<Shared>, writer: writer::Writer) -> Store {

@@ -653,3 +653,80 @@ mod cluster {
         out
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_node_and_nothing_more_is_acknowledged() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use fleet_node::storage::StorageFaults;
+
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(StorageFaults::default());
+    let fleet = Fleet::builder()
+        .name("n1")
+        .data_dir(dir.path())
+        .settings(settings())
+        .register::<KvStore>("kv")
+        .storage_faults(faults.clone())
+        .start()
+        .await
+        .unwrap();
+    fleet.activate("zone-a").await.unwrap();
+    // Three groups: with three workers, not all on the worker whose write fails first.
+    for g in ["a", "b", "c"] {
+        fleet.add_consensus_group(g, 1, "kv").await.unwrap();
+        fleet.command::<KvStore>(g, put("k", "kept")).await.unwrap();
+    }
+
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    let err = fleet
+        .command::<KvStore>("a", put("k", "lost"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FleetError::Storage(why) if why.contains("fsync")),
+        "{err}"
+    );
+    // The whole node stopped, every worker: nothing more is acknowledged, and every call says
+    // why (not "shutting down", not a timeout).
+    for g in ["a", "b", "c"] {
+        let err = fleet
+            .command::<KvStore>(g, put("k", "after"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FleetError::Storage(_)), "{g}: {err}");
+        let err = fleet
+            .query::<KvStore>(g, KvQuery::Get { key: "k".into() })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FleetError::Storage(_)), "{g}: {err}");
+    }
+    let err = fleet.health().await.unwrap_err();
+    assert!(
+        err.to_string().contains("storage failed") && err.to_string().contains("fsync"),
+        "{err}"
+    );
+    // The disk is fine again (say, after the operator replaced it): the node never retried on
+    // its own; a restart finds every acknowledged write.
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        fleet.shutdown().await,
+        Err(FleetError::Storage(_))
+    ));
+    drop(fleet);
+    let fleet = start(dir.path()).await;
+    fleet.activate("zone-a").await.unwrap();
+    for g in ["a", "b", "c"] {
+        let got = fleet
+            .query::<KvStore>(g, KvQuery::Get { key: "k".into() })
+            .await
+            .unwrap();
+        assert!(
+            got == KvOutput::Value(Some(Bytes::from("kept")))
+                || (g == "a" && got == KvOutput::Value(Some(Bytes::from("lost")))),
+            "{g}: {got:?}"
+        );
+    }
+    fleet.shutdown().await.unwrap();
+}
