@@ -1,7 +1,8 @@
 //! Transport benchmark (issue 5), on loopback, both ends in this process:
 //!
 //! 1. Round-trip time of a 64-byte request/response: a one-message Raft frame echoed back over
-//!    the fleet transport (and, for reference, a request on its own QUIC stream), next to plain
+//!    the fleet transport (and, for reference, a `Transport::request` and its answer, which ride
+//!    the Raft stream as frames of their own and wake the receiver's request queue), next to plain
 //!    TCP (tokio, `TCP_NODELAY`) with a 4-byte length prefix. p50 and p99.
 //! 2. Raft messages per second and MB/s of 128-byte payloads in batched frames from one node to
 //!    another, next to TCP + rustls (tokio-rustls, same certificates and ALPN) carrying the same
@@ -486,7 +487,7 @@ fn main() {
         println!();
         println!("{:<52} {:>12} {:>12}", "round trip, 64-byte request/response", "p50 (us)", "p99 (us)");
         println!("{:<52} {:>12.1} {:>12.1}", "fleet: Raft frame echoed (QUIC, mTLS)", fleet.p50_us, fleet.p99_us);
-        println!("{:<52} {:>12.1} {:>12.1}", "fleet: request on its own stream", request.p50_us, request.p99_us);
+        println!("{:<52} {:>12.1} {:>12.1}", "fleet: Transport::request (frames each way)", request.p50_us, request.p99_us);
         println!("{:<52} {:>12.1} {:>12.1}", "plain TCP (tokio, nodelay)", tcp.p50_us, tcp.p99_us);
         println!("{:<52} {:>12.2}x  (target <= 2.5x)", "fleet frame p50 / TCP p50", rtt_ratio);
         println!();
