@@ -150,7 +150,9 @@ pub struct TransportConfig {
     /// Largest request, and largest response. Default 4 MiB.
     pub client_request_bytes_max: u32,
     /// Most requests this node may have in flight to one peer ([`Transport::request`]); beyond
-    /// it a request fails at once with [`TransportError::RequestsInFlight`]. Default 4,096.
+    /// it a request fails at once with [`TransportError::RequestsInFlight`]. Also the most
+    /// requests in frames it takes from one peer and has not answered yet; beyond it they are
+    /// refused at once (counted as [`RejectReason::Busy`]). Default 4,096.
     pub requests_in_flight_per_peer_max: usize,
     /// Capacity of [`Inbound::frames`]; when full, reading from peers pauses (QUIC flow control
     /// then pushes back to the senders, whose queues drop). Default 1,024.
@@ -979,6 +981,31 @@ impl<M: Message> Inner<M> {
     fn take_rpc(self: &Arc<Self>, peer: &Arc<Peer>, item: wire::RpcItem) {
         match item {
             wire::RpcItem::Request { id, body } => {
+                // A peer may not have more requests in flight here than this node allows
+                // itself towards a peer: beyond it, refused at once (a peer that ignores its
+                // own bound cannot make this node hold unbounded work).
+                let max = self.config.requests_in_flight_per_peer_max;
+                if peer.inbound_requests.fetch_add(1, Ordering::Relaxed) >= max {
+                    peer.inbound_requests.fetch_sub(1, Ordering::Relaxed);
+                    let e = TransportError::RequestsInFlight {
+                        peer: peer.name.to_string(),
+                        limit: max,
+                    };
+                    if let Some(link) = peer.current_link() {
+                        self.count_rejection(
+                            Some(peer),
+                            link.conn.remote_address(),
+                            RejectReason::Busy,
+                            &e,
+                        );
+                    }
+                    let refused = wire::RpcItem::Refused {
+                        id,
+                        reason: e.to_string(),
+                    };
+                    let _ = streams::RpcReplies::reply(self.as_ref(), peer, refused);
+                    return;
+                }
                 let responder = Responder::frame(
                     id,
                     self.config.client_request_bytes_max,

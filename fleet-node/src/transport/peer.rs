@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -177,6 +177,9 @@ pub(crate) struct Peer {
     /// This node's requests in flight to the peer, by id (at most
     /// `requests_in_flight_per_peer_max`).
     pub(crate) requests: Mutex<HashMap<u64, RequestReply>>,
+    /// The peer's requests this node has taken and not answered yet (at most
+    /// `requests_in_flight_per_peer_max`; beyond it they are refused at once).
+    pub(crate) inbound_requests: AtomicUsize,
 }
 
 /// Where the answer to one request in flight goes.
@@ -209,6 +212,7 @@ impl Peer {
             want_connection: AtomicBool::new(false),
             last_heard: AtomicU64::new(0),
             requests: Mutex::new(HashMap::new()),
+            inbound_requests: AtomicUsize::new(0),
         }
     }
 

@@ -228,10 +228,19 @@ enum ResponderKind {
     Frame(Option<FrameReply>),
 }
 
+/// Counts as one of the peer's requests in flight (`Peer::inbound_requests`) until dropped.
 struct FrameReply {
     id: u64,
     peer: Arc<Peer>,
     sink: Arc<dyn RpcReplies>,
+}
+
+impl Drop for FrameReply {
+    fn drop(&mut self) {
+        self.peer
+            .inbound_requests
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Sends a request's answer to the peer that asked (the transport's shared state).
@@ -254,6 +263,8 @@ impl Responder {
         }
     }
 
+    /// A responder for a request that came in a frame; the caller has counted it in
+    /// `peer.inbound_requests` (the responder uncounts it once answered or dropped).
     pub(crate) fn frame(
         id: u64,
         bytes_max: u32,

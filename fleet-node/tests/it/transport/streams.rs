@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use fleet_node::transport::wire::StreamKind;
 use fleet_node::transport::{GroupId, RejectReason, TransportConfig, TransportError, close_code};
 
-use super::support::{Msg, Node, Pki, config, hello, rogue, start_nodes, wait_until};
+use super::support::{Msg, Node, Pki, config, hello, introduce, rogue, start_nodes, wait_until};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -272,4 +272,60 @@ async fn requests_in_flight_are_bounded_and_fail_when_the_connection_closes() {
         );
     }
     drop(held);
+}
+
+#[tokio::test]
+async fn a_peer_cannot_make_a_node_hold_more_requests_than_its_bound() {
+    let pki = Pki::new("c1");
+    // n1 allows itself many requests in flight; n2 takes at most 2 from any peer at a time.
+    let small = TransportConfig {
+        requests_in_flight_per_peer_max: 2,
+        ..config()
+    };
+    let mut nodes = vec![
+        Node::start(&pki, "n1", config()).await,
+        Node::start(&pki, "n2", small).await,
+    ];
+    introduce(&nodes);
+    let mut n2 = nodes.pop().unwrap();
+    let n1 = nodes.pop().unwrap();
+    let send = |body: &'static [u8]| {
+        let t = n1.transport.clone();
+        tokio::spawn(async move { t.request("n2", body).await })
+    };
+    let first = send(b"one");
+    let second = send(b"two");
+    let held = [
+        n2.inbound.requests.recv().await.unwrap(),
+        n2.inbound.requests.recv().await.unwrap(),
+    ];
+    // A third is refused by n2 at once, not held.
+    let third = n1.transport.request("n2", b"three").await;
+    assert!(
+        matches!(&third, Err(TransportError::Refused { reason, .. }) if reason.contains("in flight")),
+        "{third:?}"
+    );
+    assert_eq!(n2.transport.rejected(RejectReason::Busy), 1);
+    // Answering one makes room for the next.
+    let [a, b] = held;
+    let body = a.body.clone();
+    a.responder.respond(&body).await.unwrap();
+    let fourth = send(b"four");
+    let taken = tokio::time::timeout(WAIT, n2.inbound.requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&taken.body[..], b"four");
+    for r in [b, taken] {
+        let body = r.body.clone();
+        r.responder.respond(&body).await.unwrap();
+    }
+    for (task, body) in [(first, "one"), (second, "two"), (fourth, "four")] {
+        let answer = tokio::time::timeout(WAIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&answer[..], body.as_bytes());
+    }
 }
