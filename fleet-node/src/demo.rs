@@ -410,9 +410,11 @@ impl Demo {
             .expect("the demo's nodes are n1, n2 and n3")
     }
 
-    /// Put through n1, linearizable get through n3 (a follower), a compare-and-set that
-    /// succeeds and one that is refused, on a group that n3 does not lead (led by n2 if one is,
-    /// so that n1's put is forwarded too).
+    /// Put through n1, linearizable get through n3 (a follower), a compare-and-set through n2
+    /// that succeeds and one through n3 that is refused, on a group that n3 does not lead (led by
+    /// n2 if one is, so that n1's put is forwarded too). When n3 leads every group (placement
+    /// makes that happen now and then with few groups), the roles turn: put through n2, reads
+    /// and the refused compare-and-set through n1, the compare-and-set that succeeds through n3.
     async fn walkthrough(
         &self,
         names: &[String],
@@ -423,15 +425,22 @@ impl Demo {
                 .iter()
                 .find(|g| leaders.get(*g).is_some_and(|l| pred(l)))
         };
-        let Some(group) = led_by(&|l| l == "n2").or_else(|| led_by(&|l| l != "n3")) else {
+        let Some(group) = led_by(&|l| l == "n2")
+            .or_else(|| led_by(&|l| l != "n3"))
+            .or_else(|| led_by(&|_| true))
+        else {
             bail!(
-                "no group has a leader other than n3 after {:?}, so the demo cannot show a read \
-                 through a follower; see the table of `fleet-node demo --groups 3`",
+                "no group has a leader after {:?}; see the table of `fleet-node demo --groups 3`",
                 LEADERS_WAIT_MAX
             );
         };
         let leader = leaders[group].clone();
-        let (n1, n2, n3) = (self.node("n1"), self.node("n2"), self.node("n3"));
+        let (writer, reader, setter) = if leader == "n3" {
+            ("n2", "n1", "n3")
+        } else {
+            ("n1", "n3", "n2")
+        };
+        let (w, r, c) = (self.node(writer), self.node(reader), self.node(setter));
         let role = |node: &str| {
             if node == leader {
                 "the leader"
@@ -443,40 +452,40 @@ impl Demo {
         println!("kv on {group} (leader {leader}):");
 
         let put_value = Bytes::from_static(b"hello, fleet");
-        let previous = put(n1, group, KEY, put_value.clone()).await?;
+        let previous = put(w, group, KEY, put_value.clone()).await?;
         ensure!(
             previous.is_none(),
             "{group} already had {KEY} = {} before the demo wrote it",
             show(previous.as_ref())
         );
         step(
-            "n1",
+            writer,
             &format!("put {KEY} = {}", show(Some(&put_value))),
-            &format!("previous: none  (n1 is {})", role("n1")),
+            &format!("previous: none  ({writer} is {})", role(writer)),
         );
 
-        let got = get(n3, group, KEY).await?;
+        let got = get(r, group, KEY).await?;
         step(
-            "n3",
+            reader,
             &format!("get {KEY}"),
             &format!(
-                "{}  (linearizable read; n3 is {})",
+                "{}  (linearizable read; {reader} is {})",
                 show(got.as_ref()),
-                role("n3")
+                role(reader)
             ),
         );
         ensure!(
             got.as_ref() == Some(&put_value),
-            "n3 read {KEY} = {} from {group}, but n1 wrote {}",
+            "{reader} read {KEY} = {} from {group}, but {writer} wrote {}",
             show(got.as_ref()),
             show(Some(&put_value))
         );
 
         let new_value = Bytes::from_static(b"hello again");
         let (cas_succeeded, found) =
-            cas(n2, group, KEY, put_value.clone(), new_value.clone()).await?;
+            cas(c, group, KEY, put_value.clone(), new_value.clone()).await?;
         step(
-            "n2",
+            setter,
             &format!(
                 "cas {KEY} {} -> {}",
                 show(Some(&put_value)),
@@ -493,9 +502,9 @@ impl Demo {
 
         let late = Bytes::from_static(b"too late");
         let (stale_cas_succeeded, stale_cas_found) =
-            cas(n3, group, KEY, put_value.clone(), late.clone()).await?;
+            cas(r, group, KEY, put_value.clone(), late.clone()).await?;
         step(
-            "n3",
+            reader,
             &format!(
                 "cas {KEY} {} -> {}",
                 show(Some(&put_value)),
@@ -521,20 +530,20 @@ impl Demo {
             show(stale_cas_found.as_ref())
         );
 
-        let last = get(n1, group, KEY).await?;
-        step("n1", &format!("get {KEY}"), &show(last.as_ref()));
+        let last = get(w, group, KEY).await?;
+        step(writer, &format!("get {KEY}"), &show(last.as_ref()));
         ensure!(
             last.as_ref() == Some(&new_value),
-            "n1 read {KEY} = {} from {group} after the compare-and-set, expected {}",
+            "{writer} read {KEY} = {} from {group} after the compare-and-set, expected {}",
             show(last.as_ref()),
             show(Some(&new_value))
         );
         Ok(Walkthrough {
             group: group.clone(),
             leader,
-            put_via: "n1".into(),
+            put_via: writer.into(),
             put_value,
-            get_via: "n3".into(),
+            get_via: reader.into(),
             got,
             cas_succeeded,
             stale_cas_succeeded,
