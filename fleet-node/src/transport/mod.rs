@@ -991,14 +991,7 @@ impl<M: Message> Inner<M> {
                         peer: peer.name.to_string(),
                         limit: max,
                     };
-                    if let Some(link) = peer.current_link() {
-                        self.count_rejection(
-                            Some(peer),
-                            link.conn.remote_address(),
-                            RejectReason::Busy,
-                            &e,
-                        );
-                    }
+                    self.count_busy(peer, &e);
                     let refused = wire::RpcItem::Refused {
                         id,
                         reason: e.to_string(),
@@ -1026,14 +1019,7 @@ impl<M: Message> Inner<M> {
                     let e = TransportError::Protocol(
                         "inbound_requests_max requests are already waiting".into(),
                     );
-                    if let Some(link) = peer.current_link() {
-                        self.count_rejection(
-                            Some(peer),
-                            link.conn.remote_address(),
-                            RejectReason::Busy,
-                            &e,
-                        );
-                    }
+                    self.count_busy(peer, &e);
                 }
             }
             wire::RpcItem::Response { id, body } => {
@@ -1048,6 +1034,18 @@ impl<M: Message> Inner<M> {
                     }),
                 );
             }
+        }
+    }
+
+    /// Counts a request from `peer` refused because too many wait (`RejectReason::Busy`).
+    fn count_busy(&self, peer: &Peer, error: &TransportError) {
+        if let Some(link) = peer.current_link() {
+            self.count_rejection(
+                Some(peer),
+                link.conn.remote_address(),
+                RejectReason::Busy,
+                error,
+            );
         }
     }
 
