@@ -23,9 +23,9 @@
 //! 5. Snapshots go on their own streams ([`Transport::open_snapshot`], [`Inbound::snapshots`]).
 //! 6. Requests ([`Transport::request`], [`Inbound::requests`]): a node's requests to a peer (the
 //!    commands and queries it forwards to a leader) ride the Raft stream in frames of their own,
-//!    matched to their responses by id, at most `requests_in_flight_per_peer_max` at a time; one
-//!    too large for a frame, and every request of a client ([`ClientConnection`]), gets a
-//!    bidirectional stream of its own. DESIGN.md gives clients a stream per request; forwarding
+//!    matched to their responses by id, at most `requests_in_flight_per_peer_max` at a time (if
+//!    `frame_bytes_max` leaves room for any answer; else each gets a stream), and every request
+//!    of a client ([`ClientConnection`]) gets a bidirectional stream of its own. DESIGN.md gives clients a stream per request; forwarding
 //!    between nodes is far more frequent (two thirds of all writes in the fleet benchmark), and a
 //!    stream per forwarded request cost a stream open, a hello and packets of its own each.
 //!
@@ -124,7 +124,9 @@ pub struct TransportConfig {
     /// UDP address to listen on (and dial from). Default `0.0.0.0:7000`.
     pub listen: SocketAddr,
     /// Largest frame body in bytes, length prefix excluded. A batch larger than this is cut into
-    /// several frames; a single message larger than this is dropped. Default 4 MiB.
+    /// several frames; a single message larger than this is dropped. Default 4 MiB + 64 KiB:
+    /// room for a request or answer of `client_request_bytes_max` in a frame (see
+    /// [`Transport::request`]).
     pub frame_bytes_max: u32,
     /// Most `(group, message)` pairs per frame. Default 65,536 (a heartbeat for each of tens of
     /// thousands of groups fits one frame).
@@ -173,7 +175,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
-            frame_bytes_max: 4 * 1024 * 1024,
+            frame_bytes_max: 4 * 1024 * 1024 + RPC_FRAME_OVERHEAD_MAX,
             frame_messages_max: 65_536,
             streams_per_connection_max: 64,
             connections_per_address_max: 64,
@@ -192,6 +194,10 @@ impl Default for TransportConfig {
         }
     }
 }
+
+/// Room a frame needs beyond a request's or answer's body: its header (version, cluster, sender,
+/// whose names are far shorter), the counts, the item's tag, id and length.
+pub const RPC_FRAME_OVERHEAD_MAX: u32 = 64 * 1024;
 
 /// Smallest accepted `frame_bytes_max`: room for a header and a few messages.
 pub const FRAME_BYTES_MAX_MIN: u32 = 1024;
@@ -259,6 +265,13 @@ impl TransportConfig {
             );
         }
         Ok(())
+    }
+
+    /// Whether frames can carry every request and answer (of up to `client_request_bytes_max`
+    /// bytes): then requests between nodes ride the Raft stream, else streams of their own.
+    fn requests_in_frames(&self) -> bool {
+        u64::from(self.frame_bytes_max)
+            >= u64::from(self.client_request_bytes_max) + u64::from(RPC_FRAME_OVERHEAD_MAX)
     }
 
     fn frame_limits(&self) -> FrameLimits {
@@ -874,10 +887,12 @@ impl<M: Message> Transport<M> {
     /// deadline.
     ///
     /// The request rides the long-lived Raft stream in a frame of its own (no new stream, and
-    /// small frames share QUIC packets); the peer answers the same way, matched by id. A request
-    /// too large for a frame gets a bidirectional stream of its own. If the connection closes
-    /// with the request in flight, it fails with [`TransportError::Unreachable`] (the peer may
-    /// or may not have handled it; the runtime retries with the same session).
+    /// small frames share QUIC packets); the peer answers the same way, matched by id. That
+    /// needs frames with room for any answer (`frame_bytes_max` at least
+    /// `client_request_bytes_max` + [`RPC_FRAME_OVERHEAD_MAX`], as the defaults are); with
+    /// smaller frames every request gets a bidirectional stream of its own. If the connection
+    /// closes with the request in flight, it fails with [`TransportError::Unreachable`] (the
+    /// peer may or may not have handled it; the runtime retries with the same session).
     pub async fn request(&self, to: &str, body: &[u8]) -> Result<Bytes, TransportError> {
         let inner = self.inner();
         let limit = inner.config.client_request_bytes_max;
@@ -889,19 +904,15 @@ impl<M: Message> Transport<M> {
             });
         }
         let link = inner.link_to(to).await?;
+        if !inner.config.requests_in_frames() {
+            return conn::request_on(&link.conn, &inner.identity, &inner.config, body).await;
+        }
         let peer = inner.peer_to_dial(to)?;
         let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let item = wire::RpcItem::Request {
+        let frame = inner.encoder.encode_rpc(&wire::RpcItem::Request {
             id,
             body: Bytes::copy_from_slice(body),
-        };
-        let frame = match inner.encoder.encode_rpc(&item) {
-            Ok(frame) => frame,
-            Err(TransportError::TooLarge { .. }) => {
-                return conn::request_on(&link.conn, &inner.identity, &inner.config, body).await;
-            }
-            Err(e) => return Err(e),
-        };
+        })?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut pending = peer

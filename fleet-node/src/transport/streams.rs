@@ -243,6 +243,19 @@ impl Drop for FrameReply {
     }
 }
 
+impl FrameReply {
+    /// Tells the requester its request was not answered, and why.
+    fn refuse(&self, reason: String) {
+        let _ = self.sink.reply(
+            &self.peer,
+            RpcItem::Refused {
+                id: self.id,
+                reason,
+            },
+        );
+    }
+}
+
 /// Sends a request's answer to the peer that asked (the transport's shared state).
 pub(crate) trait RpcReplies: Send + Sync {
     /// Queues `item` for `peer`.
@@ -281,11 +294,18 @@ impl Responder {
     /// it then closes, or in a frame to the requesting node.
     pub async fn respond(mut self, body: &[u8]) -> Result<(), TransportError> {
         if body.len() as u64 > u64::from(self.bytes_max) {
-            return Err(TransportError::TooLarge {
+            let e = TransportError::TooLarge {
                 what: "response",
                 len: body.len() as u64,
                 limit: u64::from(self.bytes_max),
-            });
+            };
+            // A frame's requester hears why (a stream's is reset when `self` drops).
+            if let ResponderKind::Frame(reply) = &mut self.kind
+                && let Some(reply) = reply.take()
+            {
+                reply.refuse(format!("the answer could not be sent: {e}"));
+            }
+            return Err(e);
         }
         match &mut self.kind {
             ResponderKind::Stream(send) => {
@@ -302,13 +322,7 @@ impl Responder {
                 let sent = reply.sink.reply(&reply.peer, item);
                 if let Err(e) = &sent {
                     // Tell the requester rather than leave it waiting for its deadline.
-                    let _ = reply.sink.reply(
-                        &reply.peer,
-                        RpcItem::Refused {
-                            id: reply.id,
-                            reason: format!("the response could not be sent: {e}"),
-                        },
-                    );
+                    reply.refuse(format!("the answer could not be sent: {e}"));
                 }
                 sent
             }
@@ -326,13 +340,9 @@ impl Drop for Responder {
             }
             ResponderKind::Frame(reply) => {
                 if let Some(reply) = reply.take() {
-                    let _ = reply.sink.reply(
-                        &reply.peer,
-                        RpcItem::Refused {
-                            id: reply.id,
-                            reason: "the node did not handle it (too many requests waiting, or stopping)"
-                                .into(),
-                        },
+                    reply.refuse(
+                        "the node did not handle it (too many requests waiting, or stopping)"
+                            .into(),
                     );
                 }
             }

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use fleet_node::transport::wire::StreamKind;
-use fleet_node::transport::{GroupId, RejectReason, TransportConfig, TransportError, close_code};
+use fleet_node::transport::{
+    GroupId, RPC_FRAME_OVERHEAD_MAX, RejectReason, TransportConfig, TransportError, close_code,
+};
 
 use super::support::{Msg, Node, Pki, config, hello, introduce, rogue, start_nodes, wait_until};
 
@@ -185,10 +187,11 @@ async fn snapshots_stream_in_chunks_without_delaying_frames() {
 }
 
 #[tokio::test]
-async fn nodes_send_requests_in_frames_and_large_ones_on_streams_of_their_own() {
+async fn nodes_send_requests_and_answers_in_frames() {
     let pki = Pki::new("c1");
     let config = TransportConfig {
-        frame_bytes_max: 16 * 1024,
+        client_request_bytes_max: 32 * 1024,
+        frame_bytes_max: 32 * 1024 + RPC_FRAME_OVERHEAD_MAX,
         ..config()
     };
     let mut nodes = start_nodes(&pki, &["n1", "n2"], config).await;
@@ -201,10 +204,18 @@ async fn nodes_send_requests_in_frames_and_large_ones_on_streams_of_their_own() 
             let body = request.body.clone();
             request.responder.respond(&body).await.unwrap();
         }
+        // An answer beyond client_request_bytes_max is refused, saying so.
+        let request = n2.inbound.requests.recv().await.unwrap();
+        let too_large = vec![0u8; 32 * 1024 + 1];
+        assert!(matches!(
+            request.responder.respond(&too_large).await,
+            Err(TransportError::TooLarge { .. })
+        ));
         // A request dropped without an answer is refused.
         drop(n2.inbound.requests.recv().await.unwrap());
         n2
     });
+    let frames = n1.transport.peer_stats("n2").map_or(0, |s| s.frames_sent);
     for i in 0..10u8 {
         let body = vec![i; 64];
         assert_eq!(
@@ -212,22 +223,67 @@ async fn nodes_send_requests_in_frames_and_large_ones_on_streams_of_their_own() 
             &body[..]
         );
     }
-    let stats = n1.transport.peer_stats("n2").unwrap();
-    // Larger than a frame: a stream of its own (an answer that large could not come back in a
-    // frame either, so it comes on the stream).
-    let large = vec![7u8; 40 * 1024];
+    // The largest request there may be, and its answer, fit frames.
+    let largest = vec![7u8; 32 * 1024];
     assert_eq!(
-        &n1.transport.request("n2", &large).await.unwrap()[..],
-        &large[..]
+        &n1.transport.request("n2", &largest).await.unwrap()[..],
+        &largest[..]
     );
+    assert_eq!(
+        n1.transport.peer_stats("n2").unwrap().frames_sent,
+        frames + 11,
+        "every request went in a frame"
+    );
+    let oversized = n1.transport.request("n2", b"a large answer, please").await;
     assert!(
-        n1.transport.peer_stats("n2").unwrap().bytes_sent < stats.bytes_sent + 40 * 1024,
-        "the large request did not go in frames"
+        matches!(&oversized, Err(TransportError::Refused { reason, .. }) if reason.contains("response of")),
+        "{oversized:?}"
     );
     let unanswered = n1.transport.request("n2", b"no answer").await;
     assert!(
         matches!(&unanswered, Err(TransportError::Refused { peer, .. }) if peer == "n2"),
         "{unanswered:?}"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn with_frames_too_small_for_every_answer_requests_use_streams_of_their_own() {
+    let pki = Pki::new("c1");
+    // Frames of 16 KiB cannot carry an answer of client_request_bytes_max (4 MiB).
+    let config = TransportConfig {
+        frame_bytes_max: 16 * 1024,
+        ..config()
+    };
+    let mut nodes = start_nodes(&pki, &["n1", "n2"], config).await;
+    let mut n2 = nodes.pop().unwrap();
+    let n1 = nodes.pop().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let request = n2.inbound.requests.recv().await.unwrap();
+            let body = request.body.clone();
+            request.responder.respond(&body).await.unwrap();
+        }
+        // A request dropped without an answer resets its stream.
+        drop(n2.inbound.requests.recv().await.unwrap());
+        n2
+    });
+    let frames = n1.transport.peer_stats("n2").map_or(0, |s| s.frames_sent);
+    for body in [vec![1u8; 64], vec![7u8; 40 * 1024]] {
+        assert_eq!(
+            &n1.transport.request("n2", &body).await.unwrap()[..],
+            &body[..]
+        );
+    }
+    let unanswered = n1.transport.request("n2", b"no answer").await;
+    assert!(
+        matches!(unanswered, Err(TransportError::Stream(_))),
+        "{unanswered:?}"
+    );
+    assert_eq!(
+        n1.transport.peer_stats("n2").map_or(0, |s| s.frames_sent),
+        frames,
+        "no request went in a frame"
     );
     server.await.unwrap();
 }
