@@ -112,9 +112,21 @@ struct Waiter {
 
 /// A read waiting for its ReadIndex confirmation, then for the applied index to reach it.
 struct ReadWaiter {
-    query: Bytes,
+    what: Read,
     index: Option<Index>,
     reply: oneshot::Sender<Result<Bytes, FleetError>>,
+}
+
+/// What a confirmed read does.
+enum Read {
+    /// Runs this query on the group's state machine.
+    Query(Bytes),
+    /// On the catalog: a name this node's catalog does not know. Answered `NoSuchGroup` only if
+    /// the catalog, applied up to a confirmed read index, still does not know it (a replica
+    /// that lags, or one replaying its log after a restart, would deny a group that exists).
+    /// If it knows it by then, the caller is told to retry (`NotLeader`): the node has the
+    /// group's entry now.
+    Missing(String),
 }
 
 /// One hosted group.
@@ -501,18 +513,43 @@ impl Driver {
         if self.shard != 0 {
             return Err(FleetError::NoSuchGroup(name.to_string()));
         }
-        let catalog = self.catalog().ok_or(FleetError::NotActive)?;
-        if catalog.group(name).is_none() {
-            // A catalog still replaying its log after a restart may not know the group yet.
-            let meta = &self.slots[&META_GROUP];
-            if meta.machine.applied() < meta.replica.committed() {
-                return Err(FleetError::NotLeader {
-                    leader: None,
-                    term: 0,
-                });
+        self.catalog().ok_or(FleetError::NotActive)?;
+        Err(FleetError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Answers a request for a group that this node's catalog does not know (worker 0 only). The
+    /// catalog here may lag (a follower, or a replica replaying its log after a restart), so the
+    /// answer is "no such group" only after a linearizable read of the catalog confirms it (see
+    /// [`Read::Missing`]). Only the meta leader can confirm; elsewhere the caller is sent to it.
+    fn confirm_missing(&mut self, name: &str, reply: oneshot::Sender<Result<Bytes, FleetError>>) {
+        let meta_leader = self.meta_leader();
+        let Some(slot) = self.slots.get_mut(&META_GROUP) else {
+            let _ = reply.send(Err(FleetError::NotActive));
+            return;
+        };
+        let ctx = self.next_read;
+        self.next_read += 1;
+        match slot.replica.read_index(ctx) {
+            Ok(()) => {
+                slot.reads.insert(
+                    ctx,
+                    ReadWaiter {
+                        what: Read::Missing(name.to_string()),
+                        index: None,
+                        reply,
+                    },
+                );
+                self.wake(META_GROUP);
+            }
+            Err(CoreError::NotLeader { .. }) => {
+                // Term 0: a guess, which the group's own leader replaces as soon as it is heard.
+                let leader = meta_leader.filter(|l| *l != self.name);
+                let _ = reply.send(Err(FleetError::NotLeader { leader, term: 0 }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(FleetError::Busy(e.to_string())));
             }
         }
-        Err(FleetError::NoSuchGroup(name.to_string()))
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -1308,6 +1345,12 @@ impl Driver {
     ) -> Result<(), (FleetError, oneshot::Sender<Result<Bytes, FleetError>>)> {
         let entry = match self.group_id(group) {
             Ok(e) => e,
+            Err(FleetError::NoSuchGroup(_))
+                if self.shard == 0 && !self.entries.contains_key(group) =>
+            {
+                self.confirm_missing(group, reply);
+                return Ok(());
+            }
             Err(e) => return Err((e, reply)),
         };
         let proposals_max = self.settings.proposals_per_group_max;
@@ -1380,6 +1423,12 @@ impl Driver {
     ) {
         let entry = match self.group_id(group) {
             Ok(e) => e,
+            Err(FleetError::NoSuchGroup(_))
+                if self.shard == 0 && !self.entries.contains_key(group) =>
+            {
+                self.confirm_missing(group, reply);
+                return;
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
@@ -1411,7 +1460,7 @@ impl Driver {
                 slot.reads.insert(
                     ctx,
                     ReadWaiter {
-                        query: data,
+                        what: Read::Query(data),
                         index: None,
                         reply,
                     },
@@ -2214,9 +2263,19 @@ fn answer_reads(slot: &mut Slot) {
         .collect();
     for ctx in ready {
         let r = slot.reads.remove(&ctx).expect("ready read");
-        let _ = r
-            .reply
-            .send(slot.machine.query(&r.query).map_err(FleetError::from));
+        let answer = match &r.what {
+            Read::Query(q) => slot.machine.query(q).map_err(FleetError::from),
+            Read::Missing(name) => {
+                match state_of::<Catalog>(slot.machine.as_ref()).and_then(|c| c.group(name)) {
+                    Some(e) if e.state != GroupState::Removed => Err(FleetError::NotLeader {
+                        leader: None,
+                        term: 0,
+                    }),
+                    _ => Err(FleetError::NoSuchGroup(name.clone())),
+                }
+            }
+        };
+        let _ = r.reply.send(answer);
     }
     if slot.replica.role() != Role::Leader {
         // Reads of a leader that stepped down will never be confirmed; the caller retries.

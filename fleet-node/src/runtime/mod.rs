@@ -1035,6 +1035,12 @@ impl Fleet {
                         }
                     }
                 }
+                Err(e @ FleetError::NoSuchGroup(_)) => {
+                    // A node that did not know the name may have sent this request to the meta
+                    // leader (to confirm it): nothing about the name stays cached.
+                    self.inner.leader_cache.remove(group);
+                    return Err(e);
+                }
                 other => return other,
             }
         }

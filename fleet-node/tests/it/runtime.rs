@@ -180,6 +180,33 @@ async fn groups_by_name_serve_commands_and_queries_and_survive_a_restart() {
     fleet.shutdown().await.unwrap();
 }
 
+/// Right after a restart the catalog replays its log, and its last entries are known committed
+/// only once the meta replica leads again: the group created last must not be denied meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_created_last_serves_right_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let fleet = start(dir.path()).await;
+        if round == 0 {
+            fleet.activate("zone-a").await.unwrap();
+        }
+        // The group created last round, at once (round 0: a name that is no group yet).
+        let got = fleet
+            .command::<KvStore>(&format!("last{round}"), put("k", "v"))
+            .await;
+        if round == 0 {
+            assert_eq!(got, Err(FleetError::NoSuchGroup("last0".into())));
+        } else {
+            got.unwrap_or_else(|e| panic!("last{round} after restart {round}: {e}"));
+        }
+        fleet
+            .add_consensus_group(&format!("last{}", round + 1), 1, "kv")
+            .await
+            .unwrap();
+        fleet.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -487,6 +514,47 @@ mod cluster {
         }
         assert_eq!(leaders.len(), 100, "every group has a leader: {leaders:?}");
         assert!(leaders.values().all(|n| *n == 1), "{leaders:?}");
+        for node in nodes {
+            node.fleet.shutdown().await.unwrap();
+        }
+    }
+
+    /// A group serves from every node as soon as `add_consensus_group` returns, even where the
+    /// catalog has not heard of it yet: a node answers "no such group" only after the meta leader
+    /// confirms it. A name that is no group gets that answer from every node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_group_serves_at_once_from_every_node_and_unknown_names_are_refused() {
+        let (_ca, nodes) = three_nodes().await;
+        for g in 0..30 {
+            let name = format!("fresh{g}");
+            nodes[g % 3]
+                .fleet
+                .add_consensus_group(&name, 1, "kv")
+                .await
+                .unwrap();
+            // At once, from the two other nodes, together.
+            let (a, b) = (&nodes[(g + 1) % 3].fleet, &nodes[(g + 2) % 3].fleet);
+            let (ra, rb) = tokio::join!(
+                a.command::<KvStore>(&name, put("k", "a")),
+                b.query::<KvStore>(&name, KvQuery::Get { key: "k".into() }),
+            );
+            ra.unwrap_or_else(|e| panic!("{name} through {}: {e}", a.name()));
+            rb.unwrap_or_else(|e| panic!("{name} through {}: {e}", b.name()));
+        }
+        for node in &nodes {
+            let err = node
+                .fleet
+                .command::<KvStore>("no-such-group", put("k", "v"))
+                .await
+                .unwrap_err();
+            assert_eq!(err, FleetError::NoSuchGroup("no-such-group".into()));
+            let err = node
+                .fleet
+                .query_local::<KvStore>("no-such-group", KvQuery::Get { key: "k".into() })
+                .await
+                .unwrap_err();
+            assert_eq!(err, FleetError::NoSuchGroup("no-such-group".into()));
+        }
         for node in nodes {
             node.fleet.shutdown().await.unwrap();
         }
