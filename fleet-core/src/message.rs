@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, ReplicaId, SnapshotMeta, Term};
+use crate::types::{Command, Entry, Index, ReplicaId, SnapshotMeta, Term};
 
 /// A message from one replica of a group to another. The runtime adds the group id on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +105,14 @@ pub enum Body {
     },
     /// Leadership transfer (§3.10): the receiver should campaign at once.
     TimeoutNow,
+    /// Commands a follower hands to its leader (etcd-raft's `MsgProp`): the leader appends them
+    /// as if they had been proposed to it, and drops them if it cannot (it no longer leads, a
+    /// transfer is under way, a limit is reached). There is no answer: the proposer learns the
+    /// outcome by applying the log, and retries with the same session if it does not see it.
+    Propose {
+        /// The commands, in order.
+        commands: Vec<Command>,
+    },
 }
 
 impl Body {
@@ -122,6 +130,7 @@ impl Body {
             Body::Snapshot { .. } => "Snapshot",
             Body::SnapshotResponse { .. } => "SnapshotResponse",
             Body::TimeoutNow => "TimeoutNow",
+            Body::Propose { .. } => "Propose",
         }
     }
 }

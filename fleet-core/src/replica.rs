@@ -488,6 +488,68 @@ impl Replica {
         Ok(self.append_entry(Payload::Command(command)))
     }
 
+    /// Hands a command to the leader this follower knows (etcd-raft's `MsgProp`), in the next
+    /// Ready's messages; commands forwarded to the same leader before the Ready is taken share
+    /// one message. Returns the leader. Nothing tells the caller whether the leader appended it:
+    /// the caller watches the applied log for the command's session and, if it does not appear in
+    /// time, proposes again with the same session (applied once, thesis §6.3).
+    ///
+    /// Fails with `NotLeader` when this replica leads (use [`Replica::propose`]) or knows no
+    /// leader, and with `EntryTooLarge` for a command the leader would refuse.
+    pub fn forward_proposal(&mut self, command: Command) -> Result<ReplicaId, Error> {
+        let leader = match (self.role, self.leader) {
+            (Role::Follower, Some(l)) if l != self.id => l,
+            _ => return Err(Error::NotLeader { hint: self.leader }),
+        };
+        let size_bytes = command.data.len();
+        if size_bytes > self.cfg.entry_bytes_max {
+            return Err(Error::EntryTooLarge {
+                size_bytes,
+                limit_bytes: self.cfg.entry_bytes_max,
+            });
+        }
+        if let Some(Message {
+            to,
+            term,
+            body: Body::Propose { commands },
+            ..
+        }) = self.msgs.last_mut()
+            && *to == leader
+            && *term == self.term
+        {
+            commands.push(command);
+        } else {
+            self.send(
+                leader,
+                Body::Propose {
+                    commands: vec![command],
+                },
+            );
+        }
+        Ok(leader)
+    }
+
+    /// A follower's forwarded commands: appended like the leader's own proposals, each checked
+    /// against the same limits; what cannot be appended is dropped (the proposer retries).
+    fn handle_forwarded(&mut self, from: ReplicaId, commands: Vec<Command>) {
+        let mut dropped = 0;
+        for command in commands {
+            let size_bytes = command.data.len();
+            let fits = size_bytes <= self.cfg.entry_bytes_max
+                && (self.uncommitted_bytes == 0
+                    || self.uncommitted_bytes + size_bytes <= self.cfg.uncommitted_bytes_max);
+            if self.check_can_propose().is_ok() && fits {
+                self.wake();
+                self.append_entry(Payload::Command(command));
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            debug!(term = self.term, from = %from, dropped, "dropping forwarded proposals");
+        }
+    }
+
     fn check_can_propose(&self) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader { hint: self.leader });
@@ -786,6 +848,7 @@ impl Replica {
                 // reports it with context. Ignore rather than act on it.
                 debug!(term = self.term, from = %m.from, "leader got a leader message of its own term");
             }
+            Body::Propose { commands } => self.handle_forwarded(m.from, commands),
             Body::VoteResponse { .. } | Body::TimeoutNow | Body::Vote { .. } => {}
         }
     }

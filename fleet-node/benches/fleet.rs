@@ -24,7 +24,14 @@ use hdrhistogram::Histogram;
 
 const CREATE_CONCURRENCY: usize = 64;
 const WRITE_GROUPS: usize = 100;
-const WRITE_SECONDS: f64 = 3.0;
+/// How long each write row runs, seconds (`FLEET_BENCH_WRITE_SECONDS` to change it, say to
+/// profile it: each row says on stderr when it starts).
+fn write_seconds() -> f64 {
+    std::env::var("FLEET_BENCH_WRITE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
+}
 /// The idle measurement, seconds (`FLEET_BENCH_IDLE_SECONDS` to change it, say to profile it).
 fn idle_seconds() -> f64 {
     std::env::var("FLEET_BENCH_IDLE_SECONDS")
@@ -64,6 +71,7 @@ async fn start(ca: &CertificateAuthority, name: &str, join: Vec<String>) -> Node
         .data_dir(dir.path())
         .settings(Settings {
             workers: workers(),
+            forward_proposals: forward_proposals(),
             ..Settings::default()
         })
         .listen("127.0.0.1:0".parse().expect("addr"))
@@ -266,7 +274,8 @@ async fn writes(
             );
         }
     }
-    let deadline = Instant::now() + Duration::from_secs_f64(WRITE_SECONDS);
+    eprintln!("writes: {clients} clients for {} s", write_seconds());
+    let deadline = Instant::now() + Duration::from_secs_f64(write_seconds());
     let mut tasks = Vec::new();
     for c in 0..clients {
         let fleet = nodes[c % nodes.len()].fleet.clone();
@@ -306,7 +315,7 @@ async fn writes(
     let h = hist.lock().expect("hist");
     let per_write = |now: f64, before: f64| (now - before) / (total.max(1) as f64);
     (
-        total as f64 / WRITE_SECONDS,
+        total as f64 / write_seconds(),
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         Costs {
@@ -320,6 +329,12 @@ async fn writes(
             datagrams: per_write(udp_datagrams_sent(), datagrams0),
         },
     )
+}
+
+/// `FLEET_BENCH_FORWARD_PROPOSALS=0`: n1 and n2 send every command to its leader as a request
+/// instead of handing it over in Raft messages (`Settings::forward_proposals`), to compare.
+fn forward_proposals() -> bool {
+    std::env::var("FLEET_BENCH_FORWARD_PROPOSALS").map_or(true, |v| v != "0")
 }
 
 /// `FLEET_BENCH_LOCAL`: clients write only to groups led by their own node (no forwarding), to
@@ -462,6 +477,9 @@ fn main() {
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!("fleet benchmark: n1 and n2 in this process, n3 a separate process; 127.0.0.1, QUIC + mTLS, redb with fsync; {cores} cores; workers per node: {}", workers());
+        if !forward_proposals() {
+            println!("FLEET_BENCH_FORWARD_PROPOSALS=0: followers send commands to their leaders as requests");
+        }
         if local_only() {
             println!("FLEET_BENCH_LOCAL: each client writes only to groups its own node leads (no forwarding; n3 leads none of them)");
         }
@@ -498,10 +516,11 @@ fn main() {
             .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.frames, costs.cpu_us, costs.switches, costs.datagrams))
             .collect();
         println!(
-            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
+            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"forward_proposals\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
             writes_json.join(","),
             workers(),
             local_only(),
+            forward_proposals(),
             led.len(),
             failover.value_at_quantile(0.5),
             failover.value_at_quantile(0.99),

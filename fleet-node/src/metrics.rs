@@ -42,6 +42,9 @@ pub const GROUPS_LEADING: &str = "fleet_groups_leading";
 pub const ELECTIONS_TOTAL: &str = "fleet_elections_total";
 /// Counter: commands proposed by leaders on this node (retries answered from a session included).
 pub const PROPOSALS_TOTAL: &str = "fleet_proposals_total";
+/// Counter: commands followers on this node handed to their leaders inside the Raft traffic
+/// (answered when the follower applies them), instead of forwarding a request.
+pub const PROPOSALS_FORWARDED_TOTAL: &str = "fleet_proposals_forwarded_total";
 /// Counter: committed entries applied to the state machines on this node ("commits").
 pub const ENTRIES_APPLIED_TOTAL: &str = "fleet_entries_applied_total";
 /// Gauge: entries committed but not yet applied, summed over the groups hosted here.
@@ -96,6 +99,11 @@ pub fn describe_metrics() {
         "Commands proposed by leaders on this node."
     );
     describe_counter!(
+        PROPOSALS_FORWARDED_TOTAL,
+        Unit::Count,
+        "Commands followers on this node handed to their leaders in Raft messages."
+    );
+    describe_counter!(
         ENTRIES_APPLIED_TOTAL,
         Unit::Count,
         "Committed log entries applied to state machines on this node."
@@ -134,6 +142,7 @@ mod tests {
             GROUPS_LEADING,
             ELECTIONS_TOTAL,
             PROPOSALS_TOTAL,
+            PROPOSALS_FORWARDED_TOTAL,
             ENTRIES_APPLIED_TOTAL,
             APPLY_LAG_ENTRIES,
             STORAGE_BATCH_ENTRIES,

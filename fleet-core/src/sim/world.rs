@@ -139,6 +139,8 @@ pub struct SimReport {
     pub membership_changes: u64,
     /// Leadership transfers started.
     pub transfers: u64,
+    /// Client commands a follower forwarded to its leader and acknowledged when it applied them.
+    pub forwarded_acked: u64,
     /// Messages delivered.
     pub messages: u64,
     /// A hash of the whole trace: equal for equal seeds and options.
@@ -157,6 +159,7 @@ impl SimReport {
         self.snapshots_installed += r.snapshots_installed;
         self.membership_changes += r.membership_changes;
         self.transfers += r.transfers;
+        self.forwarded_acked += r.forwarded_acked;
         self.messages += r.messages;
     }
 }
@@ -325,6 +328,9 @@ pub(crate) struct Host {
     /// Markers of commands applied into this state (client, seq), to catch duplicates.
     pub markers: HashSet<(u64, u64)>,
     proposals: BTreeMap<Index, (Term, u64, u64)>,
+    /// Commands this follower forwarded to its leader, (client, seq): acknowledged when this
+    /// replica applies them, whatever their index.
+    forwarded: HashSet<(u64, u64)>,
     reads: Vec<(u64, Index)>,
     snapshot_every: u64,
     /// Set when the group's configuration no longer holds this replica (ms).
@@ -490,6 +496,7 @@ impl World {
             jobs: VecDeque::new(),
             markers: HashSet::new(),
             proposals: BTreeMap::new(),
+            forwarded: HashSet::new(),
             reads: Vec::new(),
             snapshot_every: 20 + u64::from(rng.next_u32() % 40),
             removed_since: None,
@@ -672,6 +679,7 @@ impl World {
             torn.push((g, keep, pending));
             host.replica = None;
             host.proposals.clear();
+            host.forwarded.clear();
             host.reads.clear();
         }
         self.nodes[n].up = false;
@@ -999,12 +1007,18 @@ impl World {
             }
         }
         let proposal = host.proposals.remove(&entry.index);
-        if let Some((term, client, seq)) = proposal
-            && term == entry.term
-            && client == s.client_id
-            && seq == s.seq
+        let forwarded = host.forwarded.remove(&(s.client_id, s.seq));
+        let proposed_here = proposal.is_some_and(|(term, client, seq)| {
+            term == entry.term && client == s.client_id && seq == s.seq
+        });
+        if (proposed_here || forwarded)
             && let Applied::Command { result: Ok(_), .. } = result
         {
+            if forwarded && !proposed_here {
+                self.report.forwarded_acked += 1;
+            }
+            let client = s.client_id;
+            let seq = s.seq;
             let cmd: KvCommand = postcard::from_bytes(data).expect("sim commands decode");
             let KvCommand::Append { key, .. } = cmd else {
                 unreachable!()
@@ -1101,11 +1115,23 @@ impl World {
             return;
         };
         let replica = host.replica.as_mut().expect("up");
-        match replica.propose(command) {
+        match replica.propose(command.clone()) {
             Ok(index) => {
                 host.proposals.insert(index, (replica.term(), id, seq));
             }
-            Err(Error::NotLeader { hint: Some(h) }) => self.clients[c].guess = h.node.0 as usize,
+            Err(Error::NotLeader { hint: Some(h) }) => {
+                // Half the time a follower hands the command to its leader, and the client
+                // waits for this replica to apply it.
+                let forward = self.rng.next_u64().is_multiple_of(2);
+                let node = &mut self.nodes[guess];
+                let host = node.hosts.get_mut(&group).expect("host");
+                let replica = host.replica.as_mut().expect("up");
+                if forward && replica.forward_proposal(command).is_ok() {
+                    host.forwarded.insert((id, seq));
+                } else {
+                    self.clients[c].guess = h.node.0 as usize;
+                }
+            }
             Err(_) => self.clients[c].guess = (guess + 1) % self.opts.nodes,
         }
     }
@@ -1281,11 +1307,14 @@ impl World {
 
     /// Replicas that the group's committed configuration no longer holds are destroyed a while
     /// later, as the runtime's reconciler does; until then they may try to disrupt the group.
+    /// The configuration is a leader's whose whole log is committed: a leader's latest
+    /// configuration may still be uncommitted, and a later leader may hold a different one (one
+    /// that adds a replica this leader's log never had).
     fn destroy_removed(&mut self, g: GroupId) {
         let committed_conf = (0..self.nodes.len())
             .filter(|&n| self.nodes[n].up)
             .filter_map(|n| self.nodes[n].hosts.get(&g).and_then(|h| h.replica.as_ref()))
-            .filter(|r| r.role() == Role::Leader)
+            .filter(|r| r.role() == Role::Leader && r.committed() >= r.last_index())
             .map(|r| r.config().clone())
             .next();
         let Some(conf) = committed_conf else { return };

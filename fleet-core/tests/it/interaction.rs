@@ -9,8 +9,9 @@
 //!   [lease=bool] [append-max=N] [chunk=BYTES]`: replicas 1..N+M, the first N voters.
 //! - `campaign id=I`, `tick id=I [n=N]`, `tick-election id=I`, `tick-heartbeat id=I`,
 //!   `suspect id=I`: time and elections.
-//! - `propose id=I key=K value=V [op=append] [client=C seq=S first=F]`: a `kv` put (or append,
-//!   which is not idempotent), optionally in a session.
+//! - `propose id=I key=K value=V [op=append] [client=C seq=S first=F] [forward=true]`: a `kv`
+//!   put (or append, which is not idempotent), optionally in a session; `forward=true` has a
+//!   follower hand it to its leader (`Replica::forward_proposal`).
 //! - `read-index id=I ctx=C`, `transfer-leader id=I to=T`, `add-learner id=I node=N [inc=X]`,
 //!   `promote id=I node=N`, `remove id=I node=N [inc=X]`, `compact id=I [index=X]`. Replica ids
 //!   are `node.incarnation` (incarnation 0 prints as the bare node). `add-learner ... inc=X` with
@@ -125,24 +126,26 @@ fn fmt_entry(e: &Entry) -> String {
         Payload::Noop => "noop".to_string(),
         Payload::Bootstrap(c) => format!("bootstrap {c}"),
         Payload::Membership(m) => format!("conf {}", fmt_change(m)),
-        Payload::Command(c) => {
-            let cmd: KvCommand = postcard::from_bytes(&c.data).expect("harness commands decode");
-            let body = match cmd {
-                KvCommand::Put { key, value } => {
-                    format!("put {key}={}", String::from_utf8_lossy(&value))
-                }
-                KvCommand::Append { key, value } => {
-                    format!("append {key}+={}", String::from_utf8_lossy(&value))
-                }
-                other => format!("{other:?}"),
-            };
-            match c.session {
-                Some(s) => format!("{body} (client {} seq {})", s.client_id, s.seq),
-                None => body,
-            }
-        }
+        Payload::Command(c) => fmt_command(c),
     };
     format!("{}/{} {what}", e.index, e.term)
+}
+
+fn fmt_command(c: &Command) -> String {
+    let cmd: KvCommand = postcard::from_bytes(&c.data).expect("harness commands decode");
+    let body = match cmd {
+        KvCommand::Put { key, value } => {
+            format!("put {key}={}", String::from_utf8_lossy(&value))
+        }
+        KvCommand::Append { key, value } => {
+            format!("append {key}+={}", String::from_utf8_lossy(&value))
+        }
+        other => format!("{other:?}"),
+    };
+    match c.session {
+        Some(s) => format!("{body} (client {} seq {})", s.client_id, s.seq),
+        None => body,
+    }
 }
 
 fn fmt_change(m: &MembershipChange) -> String {
@@ -223,6 +226,10 @@ fn fmt_msg(m: &Message) -> String {
             if *reject { " reject" } else { "" }
         ),
         Body::TimeoutNow => "TimeoutNow".to_string(),
+        Body::Propose { commands } => {
+            let cs: Vec<String> = commands.iter().map(fmt_command).collect();
+            format!("Propose [{}]", cs.join(", "))
+        }
     };
     format!("{}->{} t{} {body}", m.from, m.to, m.term)
 }
@@ -507,10 +514,17 @@ impl Env {
                     seq: need(tc, "seq"),
                     first_unacked: need(tc, "first"),
                 });
-                let r = self.node(n).replica.propose(Command {
+                let command = Command {
                     session,
                     data: Bytes::from(data),
-                });
+                };
+                if arg::<bool>(tc, "forward") == Some(true) {
+                    return match self.node(n).replica.forward_proposal(command) {
+                        Ok(to) => format!("forwarded to {to}\n"),
+                        Err(e) => format!("error: {e}\n"),
+                    };
+                }
+                let r = self.node(n).replica.propose(command);
                 match r {
                     Ok(index) => return format!("index {index}\n"),
                     Err(e) => return format!("error: {e}\n"),

@@ -83,4 +83,5 @@ fn the_workload_covers_every_feature() {
     assert!(total.snapshots_installed > 0, "{total:?}");
     assert!(total.membership_changes > 10, "{total:?}");
     assert!(total.transfers > 10, "{total:?}");
+    assert!(total.forwarded_acked > 100, "{total:?}");
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use fleet_core::{
-    Applied, Command, Config, Configuration, Entry, Error as CoreError, GroupId, Index, Message,
-    Ready, Replica, ReplicaId, Restored, Role, SessionRef, Snapshot, Term,
+    Applied, Body, Command, Config, Configuration, Entry, Error as CoreError, GroupId, Index,
+    Message, Ready, Replica, ReplicaId, Restored, Role, SessionRef, Snapshot, Term,
 };
 use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
@@ -110,6 +110,19 @@ struct Waiter {
     reply: oneshot::Sender<Result<Bytes, FleetError>>,
 }
 
+/// A command this follower handed to its leader (`Replica::forward_proposal`), answered when this
+/// replica applies an entry with its session, whatever its index.
+struct Forwarded {
+    /// The tick after which the caller is told to retry (see [`FORWARD_TIMEOUT_DIVISOR`]).
+    expires: u64,
+    reply: oneshot::Sender<Result<Bytes, FleetError>>,
+}
+
+/// A forwarded command not applied here within an election timeout over this divisor is
+/// answered `NotLeader`, and the caller retries with the same session (applied once). The leader
+/// may have dropped it (it stepped down, a limit was reached) without a word.
+const FORWARD_TIMEOUT_DIVISOR: u32 = 4;
+
 /// A read waiting for its ReadIndex confirmation, then for the applied index to reach it.
 struct ReadWaiter {
     what: Read,
@@ -136,6 +149,8 @@ struct Slot {
     machine: Box<dyn HostedMachine>,
     waiters: BTreeMap<Index, Waiter>,
     reads: BTreeMap<u64, ReadWaiter>,
+    /// Commands forwarded to the leader, by session (client id, seq).
+    forwarded: HashMap<(u64, u64), Forwarded>,
     stopped: Option<String>,
     /// Catalog commands proposed by this node, answered when applied.
     catalog_waiters: BTreeMap<Index, (Term, oneshot::Sender<Result<CatalogOutput, FleetError>>)>,
@@ -149,6 +164,7 @@ impl Slot {
             machine,
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
+            forwarded: HashMap::new(),
             stopped: None,
             catalog_waiters: BTreeMap::new(),
         }
@@ -254,6 +270,8 @@ pub(crate) struct Workers {
     /// Group names to ids, to route a request to the worker of its group. Worker 0 writes it as
     /// it applies the catalog, after telling the group's worker.
     pub index: dashmap::DashMap<String, GroupId>,
+    /// The groups with a replica on this node (so a command can go to it first).
+    pub local: dashmap::DashSet<GroupId>,
     /// Per worker: replicas hosted, replicas leading, entries committed but not applied.
     pub hosted: Vec<AtomicU64>,
     pub leading: Vec<AtomicU64>,
@@ -270,6 +288,7 @@ impl Workers {
         Workers {
             controls,
             index: dashmap::DashMap::new(),
+            local: dashmap::DashSet::new(),
             hosted: zeros(),
             leading: zeros(),
             lag: zeros(),
@@ -287,6 +306,13 @@ impl Workers {
         self.index
             .get(name)
             .map_or(0, |g| shard_of(*g, self.count()))
+    }
+
+    /// Whether this node hosts a replica of the named group.
+    pub(crate) fn hosts(&self, name: &str) -> bool {
+        self.index
+            .get(name)
+            .is_some_and(|g| self.local.contains(&*g))
     }
 
     fn sum(v: &[AtomicU64]) -> u64 {
@@ -343,6 +369,10 @@ pub(crate) struct Driver {
     /// Desired leaders of new groups campaign a few ticks after creating their replica, so the
     /// other members have created theirs.
     pending_campaigns: Vec<(GroupId, u64)>,
+    /// When forwarded commands expire, in order: (tick, group, session). An entry whose command
+    /// was answered since is skipped. At most `Settings::requests_queued_max` entries: beyond,
+    /// commands go to their leaders as requests.
+    forward_expiry: VecDeque<(u64, GroupId, (u64, u64))>,
     ticks: u64,
     /// Callers waiting for a group (by name) to serve here.
     serving_waiters: Vec<ServingWaiter>,
@@ -422,6 +452,7 @@ impl Driver {
                 suspected: BTreeSet::new(),
                 last_sent: HashMap::new(),
                 pending_campaigns: Vec::new(),
+                forward_expiry: VecDeque::new(),
                 ticks: 0,
                 serving_waiters: Vec::new(),
                 joined_waiter: None,
@@ -492,6 +523,7 @@ impl Driver {
             .map_err(|e| FleetError::Config(e.to_string()))?;
         self.slots
             .insert(g.group, Slot::new(String::new(), replica, machine));
+        self.workers.local.insert(g.group);
         self.awake.insert(g.group);
         self.dirty.insert(g.group);
         Ok(())
@@ -646,6 +678,9 @@ impl Driver {
             for (_, r) in std::mem::take(&mut slot.reads) {
                 let _ = r.reply.send(Err(err()));
             }
+            for (_, f) in slot.forwarded.drain() {
+                let _ = f.reply.send(Err(err()));
+            }
         }
         // The node's handle closes the store once every worker has stopped.
         if let Some(reply) = shutdown {
@@ -692,9 +727,39 @@ impl Driver {
                     .increment(1);
                 continue;
             }
+            let mut m = m;
+            if let Body::Propose { commands } = &mut m.body {
+                // A follower checked them too; the leader is the last line before the log.
+                commands.retain(|c| slot.machine.check_command(&c.data).is_ok());
+            }
             slot.replica.step(m);
             self.awake.insert(g);
             self.dirty.insert(g);
+        }
+    }
+
+    /// Tells the callers of forwarded commands not applied in time to retry.
+    fn expire_forwarded(&mut self) {
+        while let Some(&(at, g, key)) = self.forward_expiry.front() {
+            if at > self.ticks {
+                break;
+            }
+            self.forward_expiry.pop_front();
+            let hint = self
+                .slots
+                .get(&g)
+                .and_then(|s| s.replica.leader())
+                .and_then(|l| self.names.get(&l.node.0))
+                .cloned();
+            if let Some(slot) = self.slots.get_mut(&g)
+                && slot.forwarded.get(&key).is_some_and(|f| f.expires == at)
+            {
+                let f = slot.forwarded.remove(&key).expect("present");
+                let _ = f.reply.send(Err(FleetError::NotLeader {
+                    leader: hint,
+                    term: 0,
+                }));
+            }
         }
     }
 
@@ -835,6 +900,7 @@ impl Driver {
             self.record_gauges();
         }
         self.answer_serving_waiters();
+        self.expire_forwarded();
         let awake: Vec<GroupId> = self.awake.iter().copied().collect();
         for g in awake {
             let slot = self.slots.get_mut(&g).expect("awake groups are hosted");
@@ -1376,14 +1442,36 @@ impl Driver {
         if let Err(e) = slot.machine.check_command(&data) {
             return Err((e.into(), reply));
         }
-        if slot.waiters.len() >= proposals_max {
+        let waiting = slot.waiters.len() + slot.forwarded.len();
+        if waiting >= proposals_max {
             return Err((
-                FleetError::Busy(format!(
-                    "{} proposals wait in group {group:?}",
-                    slot.waiters.len()
-                )),
+                FleetError::Busy(format!("{waiting} proposals wait in group {group:?}")),
                 reply,
             ));
+        }
+        // A follower that knows its leader hands the command over inside the Raft traffic it
+        // sends anyway, and answers when it applies it: no request of its own to the leader.
+        if self.settings.forward_proposals
+            && self.forward_expiry.len() < self.settings.requests_queued_max
+            && let Some(s) = session
+            && slot.replica.role() == Role::Follower
+            && slot.replica.leader().is_some()
+        {
+            match slot.replica.forward_proposal(Command { session, data }) {
+                Ok(_) => {
+                    metrics::counter!(m::PROPOSALS_FORWARDED_TOTAL).increment(1);
+                    let timeout = (self.settings.election_timeout_ticks / FORWARD_TIMEOUT_DIVISOR)
+                        .max(1) as u64;
+                    let expires = self.ticks + timeout;
+                    let key = (s.client_id, s.seq);
+                    // A retry of a command still forwarded replaces it (its caller has gone).
+                    slot.forwarded.insert(key, Forwarded { expires, reply });
+                    self.forward_expiry.push_back((expires, entry.id, key));
+                    self.wake(entry.id);
+                    return Ok(());
+                }
+                Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
+            }
         }
         match slot.replica.propose(Command { session, data }) {
             Ok(index) => {
@@ -1622,6 +1710,7 @@ impl Driver {
         let replica = Replica::new(self.replica_config(id), &mut self.rng, restored)
             .map_err(|e| FleetError::Config(e.to_string()))?;
         self.slots.insert(g, Slot::new(name, replica, machine));
+        self.workers.local.insert(g);
         self.wake(g);
         Ok(())
     }
@@ -1927,6 +2016,21 @@ impl Driver {
                 metrics::counter!(m::ELECTIONS_TOTAL).increment(1);
             }
         }
+        if rd.soft_state.is_some() && !slot.forwarded.is_empty() {
+            // The leader changed (or this replica now leads): commands forwarded to the old one
+            // may never commit. Their callers retry with the same session (applied once).
+            let leader = slot
+                .replica
+                .leader()
+                .and_then(|l| self.names.get(&l.node.0))
+                .cloned();
+            for (_, f) in slot.forwarded.drain() {
+                let _ = f.reply.send(Err(FleetError::NotLeader {
+                    leader: leader.clone(),
+                    term: 0,
+                }));
+            }
+        }
         if slot.replica.is_quiesced() {
             self.awake.remove(&g);
         }
@@ -2122,6 +2226,12 @@ impl Driver {
                 reason: reason.clone(),
             }));
         }
+        for (_, f) in slot.forwarded.drain() {
+            let _ = f.reply.send(Err(FleetError::GroupStopped {
+                group: name.clone(),
+                reason: reason.clone(),
+            }));
+        }
         self.awake.remove(&g);
     }
 
@@ -2223,19 +2333,30 @@ fn answer_catalog(slot: &mut Slot, entry: &Entry, applied: &Applied) {
 }
 
 fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
+    let outcome = match applied {
+        Applied::Command {
+            result: Ok(bytes), ..
+        } => Some(Ok(bytes)),
+        Applied::Command { result: Err(e), .. } => Some(Err(FleetError::Session(e))),
+        Applied::NotACommand => None,
+    };
+    // A command forwarded from here is answered by its session, whatever its index.
+    if let (
+        Some(outcome),
+        fleet_core::Payload::Command(Command {
+            session: Some(s), ..
+        }),
+    ) = (&outcome, &entry.payload)
+        && let Some(f) = slot.forwarded.remove(&(s.client_id, s.seq))
+    {
+        let _ = f.reply.send(outcome.clone());
+    }
     let Some(w) = slot.waiters.remove(&entry.index) else {
         return;
     };
-    let result = match applied {
-        _ if w.term != entry.term => Err(FleetError::NotLeader {
-            leader: None,
-            term: 0,
-        }),
-        Applied::Command {
-            result: Ok(bytes), ..
-        } => Ok(bytes),
-        Applied::Command { result: Err(e), .. } => Err(FleetError::Session(e)),
-        Applied::NotACommand => Err(FleetError::NotLeader {
+    let result = match outcome {
+        Some(outcome) if w.term == entry.term => outcome,
+        _ => Err(FleetError::NotLeader {
             leader: None,
             term: 0,
         }),

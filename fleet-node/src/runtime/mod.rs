@@ -84,6 +84,10 @@ pub struct Settings {
     pub snapshot_every_entries: u64,
     /// Client session bounds of every state machine.
     pub sessions: SessionConfig,
+    /// A follower hands a command to its group's leader inside the Raft messages it sends anyway
+    /// (etcd's `MsgProp`) and answers once it applies it, rather than forwarding a request and its
+    /// answer. Default on; off sends every command to the leader as a request.
+    pub forward_proposals: bool,
 }
 
 impl Default for Settings {
@@ -99,6 +103,7 @@ impl Default for Settings {
             proposals_per_group_max: 4_096,
             snapshot_every_entries: 10_000,
             sessions: SessionConfig::default(),
+            forward_proposals: true,
         }
     }
 }
@@ -942,17 +947,28 @@ impl Fleet {
         }
     }
 
-    /// Sends a request to the node believed to lead `group`, or handles it here.
+    /// Sends a request to the node believed to lead `group`, or handles it here. With
+    /// `hosted_first` (commands), a node hosting a replica of the group asks it first: a follower
+    /// hands the command to its leader in Raft messages (`Settings::forward_proposals`); if it
+    /// cannot, its answer names the leader, and the request goes there.
     async fn route(
         &self,
         group: &str,
         local: impl Fn(oneshot::Sender<Result<Bytes, FleetError>>) -> Request,
         remote: &rpc::Rpc,
+        hosted_first: bool,
     ) -> Result<Bytes, FleetError> {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
         let mut target = self.inner.leader_cache.get(group).map(|l| l.node.clone());
+        let mut here_first = hosted_first
+            && self.inner.settings.forward_proposals
+            && self.inner.workers.hosts(group);
         loop {
             let result = match (&target, &self.inner.transport) {
+                _ if here_first => {
+                    here_first = false;
+                    self.call(&local).await.and_then(|r| r)
+                }
                 (Some(node), Some(transport))
                     if *node != self.inner.name && !self.live(transport, node) =>
                 {
@@ -1170,6 +1186,7 @@ impl Fleet {
                 reply,
             },
             &remote,
+            true,
         )
         .await
     }
@@ -1227,6 +1244,7 @@ impl Fleet {
                 reply,
             },
             &remote,
+            false,
         )
         .await
     }
