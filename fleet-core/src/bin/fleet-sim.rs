@@ -105,6 +105,10 @@ fn main() -> ExitCode {
         "membership changes applied", total.membership_changes
     );
     println!("  {:<28}{:>12}", "leadership transfers", total.transfers);
+    println!(
+        "  {:<28}{:>12}",
+        "forwarded by followers", total.forwarded_acked
+    );
     println!("  {:<28}{:>12}", "messages delivered", total.messages);
     println!("  {:<28}{:>12.1}", "seconds", secs);
     println!(
