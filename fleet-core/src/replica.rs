@@ -508,6 +508,8 @@ impl Replica {
                 limit_bytes: self.cfg.entry_bytes_max,
             });
         }
+        // One message holds at most `append_bytes_max` of commands (or one larger command), as
+        // an Append does, so that no message outgrows what the transport carries.
         if let Some(Message {
             to,
             term,
@@ -516,6 +518,8 @@ impl Replica {
         }) = self.msgs.last_mut()
             && *to == leader
             && *term == self.term
+            && commands.iter().map(|c| c.data.len()).sum::<usize>() + size_bytes
+                <= self.cfg.append_bytes_max
         {
             commands.push(command);
         } else {

@@ -6,7 +6,8 @@
 //!
 //! Commands (arguments are `key=value`):
 //! - `cluster voters=N [learners=M] [pre-vote=bool] [check-quorum=bool] [quiesce=TICKS]
-//!   [lease=bool] [append-max=N] [chunk=BYTES]`: replicas 1..N+M, the first N voters.
+//!   [lease=bool] [append-max=N] [append-bytes=BYTES] [chunk=BYTES]`: replicas 1..N+M, the
+//!   first N voters.
 //! - `campaign id=I`, `tick id=I [n=N]`, `tick-election id=I`, `tick-heartbeat id=I`,
 //!   `suspect id=I`: time and elections.
 //! - `propose id=I key=K value=V [op=append] [client=C seq=S first=F] [forward=true]`: a `kv`
@@ -294,6 +295,9 @@ impl Env {
         cfg.lease_reads = arg(tc, "lease").unwrap_or(false);
         cfg.append_entries_max = arg(tc, "append-max").unwrap_or(8);
         cfg.snapshot_chunk_bytes_max = arg(tc, "chunk").unwrap_or(1 << 20);
+        if let Some(bytes) = arg(tc, "append-bytes") {
+            cfg.append_bytes_max = bytes;
+        }
         cfg.transfer_timeout_ticks = 10;
         cfg.learner_catchup_lag_max = 2;
         self.template = cfg;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use fleet_core::{
     Applied, Body, Command, Config, Configuration, Entry, Error as CoreError, GroupId, Index,
-    Message, Ready, Replica, ReplicaId, Restored, Role, SessionRef, Snapshot, Term,
+    Message, Ready, Replica, ReplicaId, Restored, Role, SessionError, SessionRef, Snapshot, Term,
 };
 use rand_core::{Rng, SeedableRng};
 use serde::Serialize;
@@ -730,7 +730,14 @@ impl Driver {
             let mut m = m;
             if let Body::Propose { commands } = &mut m.body {
                 // A follower checked them too; the leader is the last line before the log.
+                let forwarded = commands.len();
                 commands.retain(|c| slot.machine.check_command(&c.data).is_ok());
+                if commands.len() < forwarded {
+                    warn!(node = %self.name, group = %g, from = %m.from, refused = forwarded - commands.len(), "refusing forwarded commands that do not decode as the group's commands");
+                }
+                if slot.replica.role() == Role::Leader {
+                    metrics::counter!(m::PROPOSALS_TOTAL).increment(commands.len() as u64);
+                }
             }
             slot.replica.step(m);
             self.awake.insert(g);
@@ -2340,13 +2347,20 @@ fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
         Applied::Command { result: Err(e), .. } => Some(Err(FleetError::Session(e))),
         Applied::NotACommand => None,
     };
-    // A command forwarded from here is answered by its session, whatever its index.
+    // A command forwarded from here is answered by its session, whatever its index: this entry
+    // may be an earlier copy of it (a retry's), which the session table answers alike, except
+    // when that copy was refused for the client's responses in flight: that says nothing of
+    // the copy the caller waits for, so the caller waits on (and retries after its timeout).
     if let (
         Some(outcome),
         fleet_core::Payload::Command(Command {
             session: Some(s), ..
         }),
     ) = (&outcome, &entry.payload)
+        && !matches!(
+            outcome,
+            Err(FleetError::Session(SessionError::TooManyInFlight { .. }))
+        )
         && let Some(f) = slot.forwarded.remove(&(s.client_id, s.seq))
     {
         let _ = f.reply.send(outcome.clone());

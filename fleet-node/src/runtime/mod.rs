@@ -964,11 +964,10 @@ impl Fleet {
             && self.inner.settings.forward_proposals
             && self.inner.workers.hosts(group);
         loop {
+            let asked_here = here_first;
+            here_first = false;
             let result = match (&target, &self.inner.transport) {
-                _ if here_first => {
-                    here_first = false;
-                    self.call(&local).await.and_then(|r| r)
-                }
+                _ if asked_here => self.call(&local).await.and_then(|r| r),
                 (Some(node), Some(transport))
                     if *node != self.inner.name && !self.live(transport, node) =>
                 {
@@ -1038,10 +1037,17 @@ impl Fleet {
                         _ => None,
                     };
                     match hint {
-                        Some((l, term)) if Some(&l) != target.as_ref() => {
-                            leader_cache::learn(&self.inner.leader_cache, group, &l, term);
+                        // After the replica here could not take it (it knows no leader, or what
+                        // it handed over was not applied in time): straight to the leader.
+                        Some((l, term)) if asked_here || Some(&l) != target.as_ref() => {
+                            // Term 0 is a guess (the meta leader, to confirm a name; a follower's
+                            // leader after a timeout): followed, not cached.
+                            if term > 0 {
+                                leader_cache::learn(&self.inner.leader_cache, group, &l, term);
+                            }
                             target = Some(l);
                         }
+                        None if asked_here && target.is_some() => {}
                         _ => {
                             if let Some(t) = &target {
                                 leader_cache::forget_node(&self.inner.leader_cache, group, t);
