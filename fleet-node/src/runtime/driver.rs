@@ -535,12 +535,12 @@ impl Driver {
             .and_then(|s| state_of::<Catalog>(s.machine.as_ref()))
     }
 
-    fn group_id(&self, name: &str) -> Result<GroupEntry, FleetError> {
+    fn group_id(&self, name: &str) -> Result<GroupId, FleetError> {
         if let Some(entry) = self.entries.get(name) {
             if entry.state == GroupState::Removed {
                 return Err(FleetError::NoSuchGroup(name.to_string()));
             }
-            return Ok(entry.clone());
+            return Ok(entry.id);
         }
         if self.shard != 0 {
             return Err(FleetError::NoSuchGroup(name.to_string()));
@@ -1282,11 +1282,17 @@ impl Driver {
 
     /// The node believed to lead a group, for a redirect: this node's replica's leader, or for a
     /// group not hosted here, its desired leader.
-    fn leader_hint(&self, entry: &GroupEntry) -> (Option<String>, Term) {
-        let (node, term) = match self.slots.get(&entry.id) {
+    fn leader_hint(&self, name: &str, id: GroupId) -> (Option<String>, Term) {
+        let (node, term) = match self.slots.get(&id) {
             Some(slot) => (slot.replica.leader().map(|l| l.node.0), slot.replica.term()),
             // A guess: the term is unknown (0), so the cache keeps anything it knows better.
-            None => (entry.initial_members.first().map(|m| m.node.0), 0),
+            None => (
+                self.entries
+                    .get(name)
+                    .and_then(|e| e.initial_members.first())
+                    .map(|m| m.node.0),
+                0,
+            ),
         };
         let name = node
             .and_then(|n| self.names.get(&n))
@@ -1298,9 +1304,12 @@ impl Driver {
 
     fn queue_message(&mut self, g: GroupId, m: Message) {
         match self.names.get(&m.to.node.0) {
-            Some(name) if self.net.is_some() => {
-                self.outbox.entry(name.clone()).or_default().push((g, m))
-            }
+            Some(name) if self.net.is_some() => match self.outbox.get_mut(name) {
+                Some(out) => out.push((g, m)),
+                None => {
+                    self.outbox.insert(name.clone(), vec![(g, m)]);
+                }
+            },
             _ => metrics::counter!("fleet_messages_dropped_total", "reason" => "unknown_node")
                 .increment(1),
         }
@@ -1416,8 +1425,8 @@ impl Driver {
         session: Option<SessionRef>,
         reply: oneshot::Sender<Result<Bytes, FleetError>>,
     ) -> Result<(), (FleetError, oneshot::Sender<Result<Bytes, FleetError>>)> {
-        let entry = match self.group_id(group) {
-            Ok(e) => e,
+        let id = match self.group_id(group) {
+            Ok(id) => id,
             Err(FleetError::NoSuchGroup(_))
                 if self.shard == 0 && !self.entries.contains_key(group) =>
             {
@@ -1427,8 +1436,8 @@ impl Driver {
             Err(e) => return Err((e, reply)),
         };
         let proposals_max = self.settings.proposals_per_group_max;
-        let hint = self.leader_hint(&entry);
-        let Some(slot) = self.slots.get_mut(&entry.id) else {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let hint = self.leader_hint(group, id);
             return Err((
                 FleetError::NotLeader {
                     leader: hint.0,
@@ -1473,8 +1482,8 @@ impl Driver {
                     let key = (s.client_id, s.seq);
                     // A retry of a command still forwarded replaces it (its caller has gone).
                     slot.forwarded.insert(key, Forwarded { expires, reply });
-                    self.forward_expiry.push_back((expires, entry.id, key));
-                    self.wake(entry.id);
+                    self.forward_expiry.push_back((expires, id, key));
+                    self.wake(id);
                     return Ok(());
                 }
                 Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
@@ -1494,7 +1503,8 @@ impl Driver {
                 {
                     slot.replica.campaign();
                 }
-                self.wake(entry.id);
+                self.wake(id);
+                let hint = self.leader_hint(group, id);
                 return Err((
                     FleetError::NotLeader {
                         leader: hint.0,
@@ -1505,7 +1515,7 @@ impl Driver {
             }
             Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
         }
-        self.wake(entry.id);
+        self.wake(id);
         Ok(())
     }
 
@@ -1516,8 +1526,8 @@ impl Driver {
         linearizable: bool,
         reply: oneshot::Sender<Result<Bytes, FleetError>>,
     ) {
-        let entry = match self.group_id(group) {
-            Ok(e) => e,
+        let id = match self.group_id(group) {
+            Ok(id) => id,
             Err(FleetError::NoSuchGroup(_))
                 if self.shard == 0 && !self.entries.contains_key(group) =>
             {
@@ -1529,8 +1539,8 @@ impl Driver {
                 return;
             }
         };
-        let hint = self.leader_hint(&entry);
-        let Some(slot) = self.slots.get_mut(&entry.id) else {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let hint = self.leader_hint(group, id);
             let _ = reply.send(Err(FleetError::NotLeader {
                 leader: hint.0,
                 term: hint.1,
@@ -1562,6 +1572,7 @@ impl Driver {
                 );
             }
             Err(CoreError::NotLeader { .. }) => {
+                let hint = self.leader_hint(group, id);
                 let _ = reply.send(Err(FleetError::NotLeader {
                     leader: hint.0,
                     term: hint.1,
@@ -1571,7 +1582,7 @@ impl Driver {
                 let _ = reply.send(Err(FleetError::Busy(e.to_string())));
             }
         }
-        self.wake(entry.id);
+        self.wake(id);
     }
 
     /// One group as this node knows it.

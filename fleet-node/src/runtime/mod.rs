@@ -955,7 +955,7 @@ impl Fleet {
         &self,
         group: &str,
         local: impl Fn(oneshot::Sender<Result<Bytes, FleetError>>) -> Request,
-        remote: &rpc::Rpc,
+        remote: impl Fn() -> rpc::Rpc,
         hosted_first: bool,
     ) -> Result<Bytes, FleetError> {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
@@ -980,7 +980,7 @@ impl Fleet {
                     })
                 }
                 (Some(node), Some(transport)) if *node != self.inner.name => {
-                    let body = rpc::encode(remote);
+                    let body = rpc::encode(&remote());
                     let attempt_timeout = self.inner.settings.request_timeout / REMOTE_ATTEMPTS_MIN;
                     let attempt = async {
                         tokio::select! {
@@ -1129,7 +1129,11 @@ impl Fleet {
     pub async fn command_raw(&self, group: &str, data: Bytes) -> Result<Bytes, FleetError> {
         let seq = {
             let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-            let s = sessions.entry(group.to_string()).or_default();
+            // Most commands name a group this handle already talks to: no new key to allocate.
+            if !sessions.contains_key(group) {
+                sessions.insert(group.to_string(), Default::default());
+            }
+            let s = sessions.get_mut(group).expect("inserted");
             s.next_seq += 1;
             s.inflight.insert(s.next_seq);
             s.next_seq
@@ -1178,7 +1182,7 @@ impl Fleet {
             seq,
             first_unacked,
         });
-        let remote = rpc::Rpc::Command {
+        let remote = || rpc::Rpc::Command {
             group: group.to_string(),
             data: data.clone(),
             session,
@@ -1191,7 +1195,7 @@ impl Fleet {
                 session,
                 reply,
             },
-            &remote,
+            remote,
             true,
         )
         .await
@@ -1236,7 +1240,7 @@ impl Fleet {
         data: Bytes,
         linearizable: bool,
     ) -> Result<Bytes, FleetError> {
-        let remote = rpc::Rpc::Query {
+        let remote = || rpc::Rpc::Query {
             group: group.to_string(),
             data: data.clone(),
             linearizable,
@@ -1249,7 +1253,7 @@ impl Fleet {
                 linearizable,
                 reply,
             },
-            &remote,
+            remote,
             false,
         )
         .await
