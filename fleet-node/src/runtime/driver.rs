@@ -561,24 +561,14 @@ impl Driver {
         };
         let ctx = self.next_read;
         self.next_read += 1;
-        match slot.replica.read_index(ctx) {
-            Ok(()) => {
-                slot.reads.insert(
-                    ctx,
-                    ReadWaiter {
-                        what: Read::Missing(name.to_string()),
-                        index: None,
-                        reply,
-                    },
-                );
-                self.wake(META_GROUP);
-            }
-            Err(CoreError::NotLeader { .. }) => {
+        match begin_read(slot, ctx, Read::Missing(name.to_string()), reply) {
+            Ok(()) => self.wake(META_GROUP),
+            Err((CoreError::NotLeader { .. }, reply)) => {
                 // Term 0: a guess, which the group's own leader replaces as soon as it is heard.
                 let leader = meta_leader.filter(|l| *l != self.name);
                 let _ = reply.send(Err(FleetError::NotLeader { leader, term: 0 }));
             }
-            Err(e) => {
+            Err((e, reply)) => {
                 let _ = reply.send(Err(FleetError::Busy(e.to_string())));
             }
         }
@@ -1560,25 +1550,16 @@ impl Driver {
         }
         let ctx = self.next_read;
         self.next_read += 1;
-        match slot.replica.read_index(ctx) {
-            Ok(()) => {
-                slot.reads.insert(
-                    ctx,
-                    ReadWaiter {
-                        what: Read::Query(data),
-                        index: None,
-                        reply,
-                    },
-                );
-            }
-            Err(CoreError::NotLeader { .. }) => {
+        match begin_read(slot, ctx, Read::Query(data), reply) {
+            Ok(()) => {}
+            Err((CoreError::NotLeader { .. }, reply)) => {
                 let hint = self.leader_hint(group, id);
                 let _ = reply.send(Err(FleetError::NotLeader {
                     leader: hint.0,
                     term: hint.1,
                 }));
             }
-            Err(e) => {
+            Err((e, reply)) => {
                 let _ = reply.send(Err(FleetError::Busy(e.to_string())));
             }
         }
@@ -2396,6 +2377,24 @@ fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
                 term: 0,
             }));
         }
+    }
+}
+
+/// Asks `slot`'s replica for a read index; the read then waits in the slot until the applied
+/// index reaches the confirmed one. On an error the caller gets its reply back.
+fn begin_read(
+    slot: &mut Slot,
+    ctx: u64,
+    what: Read,
+    reply: oneshot::Sender<Result<Bytes, FleetError>>,
+) -> Result<(), (CoreError, oneshot::Sender<Result<Bytes, FleetError>>)> {
+    match slot.replica.read_index(ctx) {
+        Ok(()) => {
+            let index = None;
+            slot.reads.insert(ctx, ReadWaiter { what, index, reply });
+            Ok(())
+        }
+        Err(e) => Err((e, reply)),
     }
 }
 
