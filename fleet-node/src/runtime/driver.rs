@@ -742,20 +742,18 @@ impl Driver {
                 break;
             }
             self.forward_expiry.pop_front();
-            let hint = self
-                .slots
-                .get(&g)
-                .and_then(|s| s.replica.leader())
-                .and_then(|l| self.names.get(&l.node.0))
-                .cloned();
-            if let Some(slot) = self.slots.get_mut(&g)
-                && slot.forwarded.get(&key).is_some_and(|f| f.expires == at)
-            {
+            // Most entries were answered since: only a command still waiting costs a lookup.
+            let Some(slot) = self.slots.get_mut(&g) else {
+                continue;
+            };
+            if slot.forwarded.get(&key).is_some_and(|f| f.expires == at) {
                 let f = slot.forwarded.remove(&key).expect("present");
-                let _ = f.reply.send(Err(FleetError::NotLeader {
-                    leader: hint,
-                    term: 0,
-                }));
+                let leader = slot
+                    .replica
+                    .leader()
+                    .and_then(|l| self.names.get(&l.node.0))
+                    .cloned();
+                let _ = f.reply.send(Err(FleetError::NotLeader { leader, term: 0 }));
             }
         }
     }
