@@ -21,7 +21,10 @@ pub struct Config {
     /// hears from its leader ignores vote requests (thesis §6.2, §4.2.3).
     pub check_quorum: bool,
     /// Serve `read_index` from the leader's lease, without a heartbeat round, while a quorum
-    /// acknowledged it recently (thesis §6.4.1). Relies on bounded clock drift between nodes.
+    /// acknowledged it recently (thesis §6.4.1). Relies on bounded clock drift between nodes: the
+    /// lease is `(election_timeout_ticks - 1) * 4 / 5` ticks from the start of the confirming
+    /// round, safe while any node's ticks run at most 25% slower than another's (a leader whose
+    /// ticks stall keeps its lease longer in real time; keep this off where that can happen).
     pub lease_reads: bool,
     /// Ticks a leader must be idle (no proposal, no read, everyone caught up) before it quiesces
     /// the group. 0 never quiesces.

@@ -221,7 +221,7 @@ impl RaftLog {
                     config = initial.clone();
                     config_index = entry.index;
                 }
-                Payload::Noop | Payload::Command(_) => {}
+                Payload::Noop | Payload::Command(_) | Payload::Register => {}
             }
         }
         (config, config_index)

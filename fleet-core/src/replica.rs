@@ -488,6 +488,22 @@ impl Replica {
         Ok(self.append_entry(Payload::Command(command)))
     }
 
+    /// Proposes a client registration (thesis §6.3 RegisterClient): when the entry applies, its
+    /// index is the new session's client id ([`crate::Applied::Registered`]). Only the leader
+    /// takes registrations; a registration is never forwarded, since a lost one costs a retry and
+    /// a duplicate only an unused session that expires.
+    pub fn register_client(&mut self) -> Result<Index, Error> {
+        self.check_can_propose()?;
+        if self.uncommitted_bytes > 0 && self.uncommitted_bytes >= self.cfg.uncommitted_bytes_max {
+            return Err(Error::Busy {
+                uncommitted_bytes: self.uncommitted_bytes,
+                limit_bytes: self.cfg.uncommitted_bytes_max,
+            });
+        }
+        self.wake();
+        Ok(self.append_entry(Payload::Register))
+    }
+
     /// Hands a command to the leader this follower knows (etcd-raft's `MsgProp`), in the next
     /// Ready's messages; commands forwarded to the same leader before the Ready is taken share
     /// one message. Returns the leader. Nothing tells the caller whether the leader appended it:
@@ -1404,9 +1420,12 @@ impl Replica {
         let confirmed = acked[self.conf.quorum() - 1];
         let (round, tick) = self.round_started_tick[confirmed as usize % ROUNDS_REMEMBERED];
         if round == confirmed && confirmed > 0 {
-            // Followers ignore votes for an election timeout after hearing from us; keep a margin
-            // of a fifth for clock drift.
-            let lease_ticks = u64::from(self.cfg.election_timeout_ticks) * 4 / 5;
+            // A follower ignores votes until its election timeout's worth of ticks passed since
+            // it heard this round, which can be as little as `election_timeout_ticks - 1` tick
+            // periods (its next tick may come right after the message). The round started at
+            // our tick `tick`, before the follower heard it. A fifth off that keeps the lease
+            // safe while tick rates differ by up to 25% (`Config::lease_reads`).
+            let lease_ticks = u64::from(self.cfg.election_timeout_ticks.saturating_sub(1)) * 4 / 5;
             self.lease_until_tick = self.lease_until_tick.max(tick + lease_ticks);
         }
         while let Some(r) = self.pending_reads.front() {

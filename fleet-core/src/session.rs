@@ -1,11 +1,15 @@
 //! Exactly-once commands (thesis §6.3): client sessions kept in the replicated state, and the
 //! [`Applier`] that runs a [`StateMachine`] behind them.
 //!
-//! Every command may carry `(client_id, seq, first_unacked)`. The group keeps, per client, the
-//! responses of every applied command at or above `first_unacked`; a retry of one of them gets the
-//! recorded response and is not applied again. Responses below `first_unacked` are forgotten, since
-//! the client said it has them. Sessions expire by log time (the leader-stamped time in entries),
-//! so every replica expires the same sessions at the same entry.
+//! A client first registers ([`Payload::Register`](crate::Payload::Register)): the
+//! registration's log index is its client id. Every command may then carry `(client_id, seq,
+//! first_unacked)`. The group keeps, per client, the responses of every applied command at or
+//! above `first_unacked`; a retry of one of them gets the recorded response and is not applied
+//! again. Responses below `first_unacked` are forgotten, since the client said it has them.
+//! Sessions expire by log time (the leader-stamped time in entries), so every replica expires the
+//! same sessions at the same entry; a command whose session the group does not hold is refused
+//! with [`SessionError::Expired`], never applied, because an earlier copy of it may have been
+//! applied before the session was forgotten.
 
 use std::collections::BTreeMap;
 
@@ -64,10 +68,11 @@ pub enum SessionError {
         /// `SessionConfig::responses_per_client_max`.
         limit: usize,
     },
-    /// The client's session expired (or was evicted); whether earlier commands applied is unknown
-    /// to the group. Start a new session with a fresh client id.
+    /// The group holds no session for this client id: it expired, was evicted (more clients than
+    /// `SessionConfig::sessions_max`), or was never registered. The command was not applied now;
+    /// whether an earlier copy of it applied is unknown. Register a new session for later commands.
     #[error(
-        "session of client {client_id} expired or was evicted; start a new session with a new client id"
+        "the group holds no session {client_id} (expired, evicted, or never registered): this command was not applied, and whether an earlier copy of it was is unknown; register a new session"
     )]
     Expired {
         /// The client.
@@ -104,20 +109,30 @@ impl Sessions {
             .retain(|_, s| now.saturating_sub(s.last_active) < cfg.session_timeout_ticks);
     }
 
+    /// Opens the session `client_id` (the index of its registration entry), evicting the least
+    /// recently active session when the table is full.
+    fn register(&mut self, client_id: u64, now: LogTime, cfg: &SessionConfig) {
+        if self.clients.len() >= cfg.sessions_max {
+            self.evict_least_recent();
+        }
+        self.clients.insert(
+            client_id,
+            ClientSession {
+                first_unacked: 1,
+                responses: BTreeMap::new(),
+                last_active: now,
+            },
+        );
+    }
+
     fn check(&mut self, r: SessionRef, now: LogTime, cfg: &SessionConfig) -> Check {
-        let session = match self.clients.get_mut(&r.client_id) {
-            Some(s) => s,
-            None => {
-                if r.first_unacked > 1 {
-                    return Check::Answer(Err(SessionError::Expired {
-                        client_id: r.client_id,
-                    }));
-                }
-                if self.clients.len() >= cfg.sessions_max {
-                    self.evict_least_recent();
-                }
-                self.clients.entry(r.client_id).or_default()
-            }
+        // Only a registration opens a session: a client id the table does not hold expired, was
+        // evicted, or never existed, and its commands may have been applied before it was
+        // forgotten, so applying one now could apply it twice.
+        let Some(session) = self.clients.get_mut(&r.client_id) else {
+            return Check::Answer(Err(SessionError::Expired {
+                client_id: r.client_id,
+            }));
         };
         session.last_active = now;
         if r.first_unacked > session.first_unacked {
@@ -179,6 +194,11 @@ impl Sessions {
 pub enum Applied {
     /// The entry was not a command (no-op, membership, bootstrap).
     NotACommand,
+    /// The entry registered a client session; its id is the entry's index.
+    Registered {
+        /// The new session's client id.
+        client_id: u64,
+    },
     /// A command's encoded output, or why it was not applied. `duplicate` says the response came
     /// from the session table rather than from applying the command now.
     Command {
@@ -244,8 +264,17 @@ impl<S: StateMachine> Applier<S> {
         );
         self.applied = entry.index;
         self.sessions.expire(entry.time, &self.cfg);
-        let Payload::Command(command) = &entry.payload else {
-            return Applied::NotACommand;
+        let command = match &entry.payload {
+            Payload::Command(command) => command,
+            Payload::Register => {
+                self.sessions.register(entry.index, entry.time, &self.cfg);
+                return Applied::Registered {
+                    client_id: entry.index,
+                };
+            }
+            Payload::Noop | Payload::Membership(_) | Payload::Bootstrap(_) => {
+                return Applied::NotACommand;
+            }
         };
         if let Some(r) = command.session
             && let Check::Answer(result) = self.sessions.check(r, entry.time, &self.cfg)
@@ -336,6 +365,15 @@ mod tests {
         }
     }
 
+    fn register(index: Index, time: LogTime) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            time,
+            payload: Payload::Register,
+        }
+    }
+
     fn value(a: &Applier<KvStore>) -> String {
         match a.query(&KvQuery::Get { key: "k".into() }) {
             KvOutput::Value(v) => String::from_utf8(v.unwrap_or_default().to_vec()).unwrap(),
@@ -343,11 +381,52 @@ mod tests {
         }
     }
 
+    fn is_expired(applied: &Applied, client: u64) -> bool {
+        matches!(
+            applied,
+            Applied::Command {
+                result: Err(SessionError::Expired { client_id }),
+                duplicate: true,
+            } if *client_id == client
+        )
+    }
+
+    #[test]
+    fn a_registration_opens_a_session_named_by_its_index() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        assert_eq!(
+            a.apply(&register(1, 0)),
+            Applied::Registered { client_id: 1 }
+        );
+        assert_eq!(
+            a.apply(&register(2, 0)),
+            Applied::Registered { client_id: 2 }
+        );
+        assert_eq!(a.sessions().len(), 2);
+        assert!(matches!(
+            a.apply(&entry(3, 0, 2, 1, 1, "x")),
+            Applied::Command {
+                result: Ok(_),
+                duplicate: false
+            }
+        ));
+    }
+
+    #[test]
+    fn a_command_of_a_session_never_registered_is_refused_not_applied() {
+        let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
+        let r = a.apply(&entry(1, 0, 7, 1, 1, "x"));
+        assert!(is_expired(&r, 7), "{r:?}");
+        assert_eq!(value(&a), "");
+        assert!(a.sessions().is_empty(), "a command opens no session");
+    }
+
     #[test]
     fn a_retry_is_answered_from_the_session_and_not_applied_again() {
         let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
-        let first = a.apply(&entry(1, 0, 7, 1, 1, "x"));
-        let retry = a.apply(&entry(2, 0, 7, 1, 1, "x"));
+        a.apply(&register(1, 0));
+        let first = a.apply(&entry(2, 0, 1, 1, 1, "x"));
+        let retry = a.apply(&entry(3, 0, 1, 1, 1, "x"));
         let Applied::Command {
             result: Ok(r1),
             duplicate: false,
@@ -368,11 +447,12 @@ mod tests {
     #[test]
     fn acknowledged_responses_are_forgotten_and_late_retries_refused() {
         let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
-        a.apply(&entry(1, 0, 7, 1, 1, "a"));
-        a.apply(&entry(2, 0, 7, 2, 1, "b"));
+        a.apply(&register(1, 0));
+        a.apply(&entry(2, 0, 1, 1, 1, "a"));
+        a.apply(&entry(3, 0, 1, 2, 1, "b"));
         // The client has both answers: it moves first_unacked to 3.
-        a.apply(&entry(3, 0, 7, 3, 3, "c"));
-        let late = a.apply(&entry(4, 0, 7, 1, 1, "a"));
+        a.apply(&entry(4, 0, 1, 3, 3, "c"));
+        let late = a.apply(&entry(5, 0, 1, 1, 1, "a"));
         assert!(matches!(
             late,
             Applied::Command {
@@ -394,9 +474,10 @@ mod tests {
             ..SessionConfig::default()
         };
         let mut a: Applier<KvStore> = Applier::new(cfg);
-        a.apply(&entry(1, 0, 7, 1, 1, "a"));
-        a.apply(&entry(2, 0, 7, 2, 1, "b"));
-        let third = a.apply(&entry(3, 0, 7, 3, 1, "c"));
+        a.apply(&register(1, 0));
+        a.apply(&entry(2, 0, 1, 1, 1, "a"));
+        a.apply(&entry(3, 0, 1, 2, 1, "b"));
+        let third = a.apply(&entry(4, 0, 1, 3, 1, "c"));
         assert!(matches!(
             third,
             Applied::Command {
@@ -414,21 +495,38 @@ mod tests {
             ..SessionConfig::default()
         };
         let mut a: Applier<KvStore> = Applier::new(cfg);
-        a.apply(&entry(1, 10, 7, 1, 1, "a"));
-        // Another client's entry at log time 200 expires client 7's session on every replica.
-        a.apply(&entry(2, 200, 8, 1, 1, "b"));
+        a.apply(&register(1, 10));
+        a.apply(&register(2, 10));
+        a.apply(&entry(3, 10, 1, 1, 1, "a"));
+        a.apply(&entry(4, 90, 2, 1, 1, "b"));
+        // Client 2's entry at log time 180 expires client 1's session on every replica.
+        a.apply(&entry(5, 180, 2, 2, 2, "c"));
         assert_eq!(a.sessions().len(), 1);
-        // Client 7 continues at seq 2: its session is gone, so the group cannot tell whether
+        // Client 1 continues at seq 2: its session is gone, so the group cannot tell whether
         // seq 1 was applied; it says so instead of guessing.
-        let cont = a.apply(&entry(3, 201, 7, 2, 2, "c"));
-        assert!(matches!(
-            cont,
-            Applied::Command {
-                result: Err(SessionError::Expired { client_id: 7 }),
-                ..
-            }
-        ));
-        assert_eq!(value(&a), "ab");
+        let cont = a.apply(&entry(6, 181, 1, 2, 2, "d"));
+        assert!(is_expired(&cont, 1), "{cont:?}");
+        assert_eq!(value(&a), "abc");
+    }
+
+    #[test]
+    fn a_first_command_retried_after_its_session_expired_is_not_applied_twice() {
+        // The hole a session opened by its first command would leave: the command applies, the
+        // session expires before the client hears back, and the retry (still first_unacked 1)
+        // would open a fresh session and apply the command again.
+        let cfg = SessionConfig {
+            session_timeout_ticks: 100,
+            ..SessionConfig::default()
+        };
+        let mut a: Applier<KvStore> = Applier::new(cfg);
+        a.apply(&register(1, 0));
+        a.apply(&register(2, 0));
+        a.apply(&entry(3, 0, 1, 1, 1, "a"));
+        a.apply(&entry(4, 99, 2, 1, 1, "b"));
+        a.apply(&entry(5, 150, 2, 2, 1, "c"));
+        let retry = a.apply(&entry(6, 151, 1, 1, 1, "a"));
+        assert!(is_expired(&retry, 1), "{retry:?}");
+        assert_eq!(value(&a), "abc", "the first command applied once");
     }
 
     #[test]
@@ -438,28 +536,31 @@ mod tests {
             ..SessionConfig::default()
         };
         let mut a: Applier<KvStore> = Applier::new(cfg);
-        a.apply(&entry(1, 1, 1, 1, 1, "a"));
-        a.apply(&entry(2, 2, 2, 1, 1, "b"));
-        a.apply(&entry(3, 3, 3, 1, 1, "c"));
+        a.apply(&register(1, 1));
+        a.apply(&register(2, 2));
+        a.apply(&entry(3, 3, 1, 1, 1, "a"));
+        a.apply(&entry(4, 4, 2, 1, 1, "b"));
+        // A third registration evicts the least recently active session: client 1's.
+        assert_eq!(
+            a.apply(&register(5, 5)),
+            Applied::Registered { client_id: 5 }
+        );
         assert_eq!(a.sessions().len(), 2);
-        let evicted = a.apply(&entry(4, 4, 1, 2, 2, "d"));
-        assert!(matches!(
-            evicted,
-            Applied::Command {
-                result: Err(SessionError::Expired { client_id: 1 }),
-                ..
-            }
-        ));
+        // Its retry of seq 1 (still unacknowledged) is refused, not applied again.
+        let evicted = a.apply(&entry(6, 6, 1, 1, 1, "a"));
+        assert!(is_expired(&evicted, 1), "{evicted:?}");
+        assert_eq!(value(&a), "ab");
     }
 
     #[test]
     fn snapshots_carry_sessions_so_retries_stay_exactly_once_after_restore() {
         let mut a: Applier<KvStore> = Applier::new(SessionConfig::default());
-        a.apply(&entry(1, 0, 7, 1, 1, "a"));
+        a.apply(&register(1, 0));
+        a.apply(&entry(2, 0, 1, 1, 1, "a"));
         let snap = a.snapshot();
         let mut b: Applier<KvStore> = Applier::restore(&snap, SessionConfig::default()).unwrap();
-        assert_eq!(b.applied(), 1);
-        let retry = b.apply(&entry(2, 0, 7, 1, 1, "a"));
+        assert_eq!(b.applied(), 2);
+        let retry = b.apply(&entry(3, 0, 1, 1, 1, "a"));
         assert!(matches!(
             retry,
             Applied::Command {

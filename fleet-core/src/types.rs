@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the encodings in this module. Writers put it in front of every root record they
 /// store or send; readers refuse any other value with a clear error.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A Raft term (thesis §3.3): a logical clock that numbers leaderships. Never goes back.
 pub type Term = u64;
@@ -116,7 +116,7 @@ impl Entry {
         const OVERHEAD_BYTES: usize = 24;
         OVERHEAD_BYTES
             + match &self.payload {
-                Payload::Noop => 0,
+                Payload::Noop | Payload::Register => 0,
                 Payload::Command(c) => c.data.len() + 24,
                 Payload::Membership(_) => 16,
                 Payload::Bootstrap(c) => 16 * (c.voters.len() + c.learners.len()),
@@ -138,6 +138,11 @@ pub enum Payload {
     /// initial member starts with it committed; a member added later learns the configuration by
     /// replicating it like any entry.
     Bootstrap(Configuration),
+    /// Opens a client session (thesis §6.3 RegisterClient). The session's client id is this
+    /// entry's index, so every registration gets an id no other registration in the group had:
+    /// a retried or late registration opens a new session and can never bring back one the group
+    /// forgot, and a command whose client id the group does not know is refused as expired.
+    Register,
 }
 
 /// A client command as it is stored in the log.
@@ -153,7 +158,7 @@ pub struct Command {
 /// The session fields a client sends with each command (thesis §6.3).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// A unique id of the client.
+    /// The client's session: the index of the entry that registered it ([`Payload::Register`]).
     pub client_id: u64,
     /// The command's sequence number within the client's session, starting at 1.
     pub seq: u64,

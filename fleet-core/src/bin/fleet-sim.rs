@@ -109,6 +109,11 @@ fn main() -> ExitCode {
         "  {:<28}{:>12}",
         "forwarded by followers", total.forwarded_acked
     );
+    println!("  {:<28}{:>12}", "sessions registered", total.registrations);
+    println!(
+        "  {:<28}{:>12}",
+        "sessions evicted in use", total.sessions_expired
+    );
     println!("  {:<28}{:>12}", "messages delivered", total.messages);
     println!("  {:<28}{:>12.1}", "seconds", secs);
     println!(

@@ -12,7 +12,7 @@ use super::invariants::{self, History};
 use crate::kv::{KvCommand, KvOutput, KvQuery, KvStore};
 use crate::message::Message;
 use crate::ready::{ReadState, Role};
-use crate::session::{Applied, Applier, SessionConfig};
+use crate::session::{Applied, Applier, SessionConfig, SessionError};
 use crate::types::{
     Command, Configuration, Entry, GroupId, HardState, Index, MembershipChange, Payload, ReplicaId,
     SessionRef, Snapshot, Term,
@@ -141,6 +141,12 @@ pub struct SimReport {
     pub transfers: u64,
     /// Client commands a follower forwarded to its leader and acknowledged when it applied them.
     pub forwarded_acked: u64,
+    /// Client sessions registered (thesis §6.3 RegisterClient).
+    pub registrations: u64,
+    /// Commands refused because the group no longer held their session (evicted by other
+    /// registrations): the client dropped what it had in flight, outcome unknown, and registered
+    /// again.
+    pub sessions_expired: u64,
     /// Messages delivered.
     pub messages: u64,
     /// A hash of the whole trace: equal for equal seeds and options.
@@ -160,6 +166,8 @@ impl SimReport {
         self.membership_changes += r.membership_changes;
         self.transfers += r.transfers;
         self.forwarded_acked += r.forwarded_acked;
+        self.registrations += r.registrations;
+        self.sessions_expired += r.sessions_expired;
         self.messages += r.messages;
     }
 }
@@ -328,6 +336,8 @@ pub(crate) struct Host {
     /// Markers of commands applied into this state (client, seq), to catch duplicates.
     pub markers: HashSet<(u64, u64)>,
     proposals: BTreeMap<Index, (Term, u64, u64)>,
+    /// Registrations proposed here: index -> (term, the client's position in `World::clients`).
+    registrations: BTreeMap<Index, (Term, usize)>,
     /// Commands this follower forwarded to its leader, (client, seq): acknowledged when this
     /// replica applies them, whatever their index.
     forwarded: HashSet<(u64, u64)>,
@@ -348,7 +358,10 @@ pub(crate) struct Node {
 }
 
 struct Client {
-    id: u64,
+    /// The session's client id (the index of its registration), once registered.
+    id: Option<u64>,
+    /// When the last registration was proposed (ms).
+    register_sent: Option<u64>,
     group: GroupId,
     next_seq: u64,
     inflight: BTreeMap<u64, (String, Bytes, u64)>,
@@ -401,8 +414,13 @@ impl World {
                 up: true,
                 restart_at: 0,
                 crash_at: None,
-                // Tick-rate skew: 8 to 12 ms per tick.
-                tick_period_ms: 8 + u64::from(rng.next_u32() % 5),
+                // Tick-rate skew: 8 to 12 ms per tick, or 9 to 11 ms with lease reads, whose
+                // safety assumes tick rates within 25% of each other.
+                tick_period_ms: if opts.lease_reads {
+                    9 + u64::from(rng.next_u32() % 3)
+                } else {
+                    8 + u64::from(rng.next_u32() % 5)
+                },
                 next_tick_at: 1 + u64::from(rng.next_u32() % 10),
                 hosts: BTreeMap::new(),
             })
@@ -446,9 +464,10 @@ impl World {
                 nodes[m.node.0 as usize].hosts.insert(group, host);
             }
             world.incarnations.insert(group, 0);
-            for c in 0..world.opts.clients_per_group {
+            for _ in 0..world.opts.clients_per_group {
                 world.clients.push(Client {
-                    id: group.0 * 1000 + c as u64 + 1,
+                    id: None,
+                    register_sent: None,
                     group,
                     next_seq: 1,
                     inflight: BTreeMap::new(),
@@ -492,10 +511,11 @@ impl World {
             id,
             replica: Some(replica),
             disk,
-            applier: Applier::new(SessionConfig::default()),
+            applier: Applier::new(self.sessions()),
             jobs: VecDeque::new(),
             markers: HashSet::new(),
             proposals: BTreeMap::new(),
+            registrations: BTreeMap::new(),
             forwarded: HashSet::new(),
             reads: Vec::new(),
             snapshot_every: 20 + u64::from(rng.next_u32() % 40),
@@ -679,6 +699,7 @@ impl World {
             torn.push((g, keep, pending));
             host.replica = None;
             host.proposals.clear();
+            host.registrations.clear();
             host.forwarded.clear();
             host.reads.clear();
         }
@@ -697,11 +718,11 @@ impl World {
             };
             let cfg = self.replica_config(id);
             let replica = Replica::new(cfg, &mut self.rng, restored).expect("restart");
+            let sessions = self.sessions();
             let host = self.nodes[n].hosts.get_mut(&g).expect("host");
             host.applier = match &snapshot {
-                Some(s) => Applier::restore(&s.data, SessionConfig::default())
-                    .expect("durable snapshot restores"),
-                None => Applier::new(SessionConfig::default()),
+                Some(s) => Applier::restore(&s.data, sessions).expect("durable snapshot restores"),
+                None => Applier::new(sessions),
             };
             host.markers = markers_of(host.applier.state());
             host.replica = Some(replica);
@@ -952,9 +973,10 @@ impl World {
         committed: Vec<Entry>,
         reads: Vec<ReadState>,
     ) -> Result<(), String> {
+        let sessions = self.sessions();
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");
         if let Some(snap) = &snapshot {
-            host.applier = Applier::restore(&snap.data, SessionConfig::default())
+            host.applier = Applier::restore(&snap.data, sessions)
                 .map_err(|e| format!("snapshot from leader does not restore: {e}"))?;
             host.markers = markers_of(host.applier.state());
             host.replica
@@ -990,6 +1012,20 @@ impl World {
             let line = format!("{g} applied {change:?} at {} on node {n}", entry.index);
             self.trace(format_args!("{line}"));
         }
+        if let Applied::Registered { client_id } = result {
+            let host = self.nodes[n].hosts.get_mut(&g).expect("host");
+            if let Some((term, c)) = host.registrations.remove(&entry.index)
+                && term == entry.term
+                && self.clients[c].id.is_none()
+            {
+                self.clients[c].id = Some(client_id);
+                self.clients[c].next_seq = 1;
+                self.clients[c].register_sent = None;
+                self.report.registrations += 1;
+                self.trace(format_args!("{g}: client {c} registered as {client_id}"));
+            }
+            return Ok(());
+        }
         let Payload::Command(Command {
             session: Some(s),
             data,
@@ -1011,6 +1047,28 @@ impl World {
         let proposed_here = proposal.is_some_and(|(term, client, seq)| {
             term == entry.term && client == s.client_id && seq == s.seq
         });
+        if (proposed_here || forwarded)
+            && let Applied::Command {
+                result: Err(SessionError::Expired { client_id }),
+                ..
+            } = result
+            && let Some(c) = self
+                .clients
+                .iter()
+                .position(|c| c.group == g && c.id == Some(client_id))
+        {
+            // Evicted by other registrations: what is in flight has an unknown outcome (it is
+            // never acknowledged), and the client starts over with a new session.
+            let client = &mut self.clients[c];
+            client.id = None;
+            client.inflight.clear();
+            client.register_sent = None;
+            self.report.sessions_expired += 1;
+            self.trace(format_args!(
+                "{g}: session {client_id} of client {c} expired"
+            ));
+            return Ok(());
+        }
         if (proposed_here || forwarded)
             && let Applied::Command { result: Ok(_), .. } = result
         {
@@ -1067,6 +1125,26 @@ impl World {
                 continue;
             }
             self.clients[c].next_action_at = self.now + 5 + self.below(40);
+            if self.clients[c].id.is_none() {
+                if self.clients[c]
+                    .register_sent
+                    .is_none_or(|sent| self.now >= sent + CLIENT_RETRY_MS)
+                {
+                    self.register(c);
+                }
+                continue;
+            }
+            // Now and then a client restarts: it forgets its session and what it had in flight
+            // (outcome unknown), and registers anew, which evicts the least recently active
+            // session of the group, so that other clients' retries meet `Expired`.
+            if self.faults_on && self.chance(5) {
+                let client = &mut self.clients[c];
+                client.id = None;
+                client.inflight.clear();
+                client.register_sent = None;
+                self.trace(format_args!("client {c} restarts"));
+                continue;
+            }
             // Retry what timed out, with the same (client, seq).
             let stale: Vec<u64> = self.clients[c]
                 .inflight
@@ -1083,7 +1161,7 @@ impl World {
                 let seq = self.clients[c].next_seq;
                 self.clients[c].next_seq += 1;
                 let key = format!("k{}", self.below(KEYS_PER_GROUP));
-                let marker = marker_bytes(self.clients[c].id, seq);
+                let marker = marker_bytes(self.clients[c].id.expect("registered"), seq);
                 self.clients[c]
                     .inflight
                     .insert(seq, (key, marker, self.now));
@@ -1096,7 +1174,7 @@ impl World {
 
     fn propose(&mut self, c: usize, seq: u64) {
         let client = &self.clients[c];
-        let (group, id, guess) = (client.group, client.id, client.guess);
+        let (group, id, guess) = (client.group, client.id.expect("registered"), client.guess);
         let first_unacked = *client.inflight.keys().next().expect("in flight");
         let (key, marker, _) = client.inflight[&seq].clone();
         self.clients[c].inflight.get_mut(&seq).expect("in flight").2 = self.now;
@@ -1136,8 +1214,40 @@ impl World {
         }
     }
 
+    /// Proposes client `c`'s registration where it guesses the leader is.
+    fn register(&mut self, c: usize) {
+        let (group, guess) = (self.clients[c].group, self.clients[c].guess);
+        self.clients[c].register_sent = Some(self.now);
+        let node = &mut self.nodes[guess];
+        let Some(host) = node.hosts.get_mut(&group).filter(|_| node.up) else {
+            self.clients[c].guess = (guess + 1) % self.opts.nodes;
+            return;
+        };
+        let replica = host.replica.as_mut().expect("up");
+        match replica.register_client() {
+            Ok(index) => {
+                host.registrations.insert(index, (replica.term(), c));
+            }
+            Err(Error::NotLeader { hint: Some(h) }) => self.clients[c].guess = h.node.0 as usize,
+            Err(_) => self.clients[c].guess = (guess + 1) % self.opts.nodes,
+        }
+    }
+
+    /// The session table's bounds: as many sessions as clients, so that every extra
+    /// registration (a retried one) evicts a live session and clients see `Expired`.
+    fn sessions(&self) -> SessionConfig {
+        SessionConfig {
+            sessions_max: self.opts.clients_per_group.max(1),
+            ..SessionConfig::default()
+        }
+    }
+
     fn ack(&mut self, g: GroupId, client: u64, seq: u64, key: String) {
-        let Some(c) = self.clients.iter().position(|c| c.id == client) else {
+        let Some(c) = self
+            .clients
+            .iter()
+            .position(|c| c.group == g && c.id == Some(client))
+        else {
             return;
         };
         if self.clients[c].inflight.remove(&seq).is_none() {

@@ -13,6 +13,8 @@
 //! - `propose id=I key=K value=V [op=append] [client=C seq=S first=F] [forward=true]`: a `kv`
 //!   put (or append, which is not idempotent), optionally in a session; `forward=true` has a
 //!   follower hand it to its leader (`Replica::forward_proposal`).
+//! - `register id=I`: a client registration (thesis §6.3); the session's client id is the index
+//!   it prints.
 //! - `read-index id=I ctx=C`, `transfer-leader id=I to=T`, `add-learner id=I node=N [inc=X]`,
 //!   `promote id=I node=N`, `remove id=I node=N [inc=X]`, `compact id=I [index=X]`. Replica ids
 //!   are `node.incarnation` (incarnation 0 prints as the bare node). `add-learner ... inc=X` with
@@ -125,6 +127,7 @@ fn need<T: std::str::FromStr>(tc: &TestCase, key: &str) -> T {
 fn fmt_entry(e: &Entry) -> String {
     let what = match &e.payload {
         Payload::Noop => "noop".to_string(),
+        Payload::Register => "register".to_string(),
         Payload::Bootstrap(c) => format!("bootstrap {c}"),
         Payload::Membership(m) => format!("conf {}", fmt_change(m)),
         Payload::Command(c) => fmt_command(c),
@@ -393,6 +396,7 @@ impl Env {
             let applied = node.applier.apply(e);
             let outcome = match applied {
                 Applied::NotACommand => String::new(),
+                Applied::Registered { client_id } => format!(" -> session {client_id}"),
                 Applied::Command { result, duplicate } => {
                     let r = match result {
                         Ok(bytes) => {
@@ -533,6 +537,12 @@ impl Env {
                     Ok(index) => return format!("index {index}\n"),
                     Err(e) => return format!("error: {e}\n"),
                 }
+            }
+            "register" => {
+                return match self.node(n).replica.register_client() {
+                    Ok(index) => format!("index {index}\n"),
+                    Err(e) => format!("error: {e}\n"),
+                };
             }
             "read-index" => {
                 if let Err(e) = self.node(n).replica.read_index(need(tc, "ctx")) {

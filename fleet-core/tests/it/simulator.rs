@@ -71,7 +71,7 @@ fn a_seed_replays_byte_for_byte() {
 #[test]
 fn the_workload_covers_every_feature() {
     let mut total = fleet_core::sim::SimReport::default();
-    for seed in 0..40 {
+    for seed in 0..60 {
         let r = run(seed, &SimOptions::for_seed(seed)).expect("passes");
         total.add(&r);
     }
@@ -84,4 +84,6 @@ fn the_workload_covers_every_feature() {
     assert!(total.membership_changes > 10, "{total:?}");
     assert!(total.transfers > 10, "{total:?}");
     assert!(total.forwarded_acked > 100, "{total:?}");
+    assert!(total.registrations > 160, "{total:?}");
+    assert!(total.sessions_expired > 0, "{total:?}");
 }

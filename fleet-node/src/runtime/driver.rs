@@ -1008,7 +1008,13 @@ impl Driver {
                 session,
                 reply,
             } => {
-                let result = self.propose(&group, data, session, reply);
+                let result = self.propose(&group, Proposal::Command { data, session }, reply);
+                if let Err((e, reply)) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Request::Register { group, reply } => {
+                let result = self.propose(&group, Proposal::Register, reply);
                 if let Err((e, reply)) = result {
                     let _ = reply.send(Err(e));
                 }
@@ -1409,8 +1415,7 @@ impl Driver {
     fn propose(
         &mut self,
         group: &str,
-        data: Bytes,
-        session: Option<SessionRef>,
+        proposal: Proposal,
         reply: oneshot::Sender<Result<Bytes, FleetError>>,
     ) -> Result<(), (FleetError, oneshot::Sender<Result<Bytes, FleetError>>)> {
         let id = match self.group_id(group) {
@@ -1443,7 +1448,9 @@ impl Driver {
                 reply,
             ));
         }
-        if let Err(e) = slot.machine.check_command(&data) {
+        if let Proposal::Command { data, .. } = &proposal
+            && let Err(e) = slot.machine.check_command(data)
+        {
             return Err((e.into(), reply));
         }
         let waiting = slot.waiters.len() + slot.forwarded.len();
@@ -1457,10 +1464,16 @@ impl Driver {
         // sends anyway, and answers when it applies it: no request of its own to the leader.
         if self.settings.forward_proposals
             && self.forward_expiry.len() < self.settings.requests_queued_max
-            && let Some(s) = session
+            && let Proposal::Command {
+                session: Some(s), ..
+            } = &proposal
             && slot.replica.role() == Role::Follower
             && slot.replica.leader().is_some()
         {
+            let s = *s;
+            let Proposal::Command { data, session } = proposal else {
+                unreachable!("matched above")
+            };
             match slot.replica.forward_proposal(Command { session, data }) {
                 Ok(_) => {
                     metrics::counter!(m::PROPOSALS_FORWARDED_TOTAL).increment(1);
@@ -1477,7 +1490,11 @@ impl Driver {
                 Err(e) => return Err((FleetError::Busy(e.to_string()), reply)),
             }
         }
-        match slot.replica.propose(Command { session, data }) {
+        let proposed = match proposal {
+            Proposal::Command { data, session } => slot.replica.propose(Command { session, data }),
+            Proposal::Register => slot.replica.register_client(),
+        };
+        match proposed {
             Ok(index) => {
                 metrics::counter!(m::PROPOSALS_TOTAL).increment(1);
                 let term = slot.replica.term();
@@ -2311,6 +2328,17 @@ const FLUSH_PASSES_MAX: usize = 4;
 /// Bound on catalog commands waiting for the meta group.
 const CATALOG_QUEUE_MAX: usize = 65_536;
 
+/// What a client asks a group to append.
+enum Proposal {
+    /// A state machine command.
+    Command {
+        data: Bytes,
+        session: Option<SessionRef>,
+    },
+    /// A client session's registration (thesis §6.3); answered with the new client id.
+    Register,
+}
+
 fn answer_catalog(slot: &mut Slot, entry: &Entry, applied: &Applied) {
     let Some((term, reply)) = slot.catalog_waiters.remove(&entry.index) else {
         return;
@@ -2335,6 +2363,10 @@ fn answer_waiter(slot: &mut Slot, entry: &Entry, applied: Applied) {
             result: Ok(bytes), ..
         } => Some(Ok(bytes)),
         Applied::Command { result: Err(e), .. } => Some(Err(FleetError::Session(e))),
+        // The new session's client id, as 8 little-endian bytes (`Fleet::register`).
+        Applied::Registered { client_id } => {
+            Some(Ok(Bytes::copy_from_slice(&client_id.to_le_bytes())))
+        }
         Applied::NotACommand => None,
     };
     // A command forwarded from here is answered by its session, whatever its index: this entry

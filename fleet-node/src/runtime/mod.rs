@@ -25,7 +25,8 @@
 //! - Admission is by certificate: any node holding a certificate of the cluster's CA may connect
 //!   and ask to join; the catalog is the only way into placement.
 //! - Client sessions are per group: each group keeps its own session table, so a `Fleet` handle
-//!   numbers its commands per group.
+//!   registers once with each group it commands (the registration's log index is its client id)
+//!   and numbers its commands there. See `docs/runtime.md`, "Client sessions".
 //! - A request is handled by the node it is sent to, never forwarded to another node: the caller
 //!   follows `NotLeader` hints (and its leader cache) until its deadline, so a stale cache costs
 //!   a redirect, never a loop. (Inside a node it may go through worker 0 once, to find its
@@ -235,6 +236,12 @@ pub(crate) enum Request {
         name: String,
         reply: oneshot::Sender<Result<(), FleetError>>,
     },
+    /// Registers a client session with a group (thesis §6.3); answers the new client id as 8
+    /// little-endian bytes.
+    Register {
+        group: String,
+        reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    },
     Command {
         group: String,
         data: Bytes,
@@ -281,6 +288,7 @@ impl Request {
     pub(crate) fn group_name(&self) -> Option<&str> {
         match self {
             Request::Command { group, .. }
+            | Request::Register { group, .. }
             | Request::Query { group, .. }
             | Request::AwaitServing { group, .. } => Some(group),
             Request::GroupStatus { name, .. } => Some(name),
@@ -502,7 +510,6 @@ impl FleetBuilder {
                 txs,
                 workers,
                 settings: self.settings,
-                client_id: client_id(),
                 sessions: std::sync::Mutex::new(HashMap::new()),
                 tasks: std::sync::Mutex::new(tasks),
                 store: std::sync::Mutex::new(Some(store)),
@@ -522,29 +529,34 @@ impl FleetBuilder {
     }
 }
 
-/// A client id unique with overwhelming probability: clock and address entropy, hashed.
-fn client_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish() | 1
+/// A handle's session with one group (thesis §6.3).
+struct GroupSession {
+    /// The client id the group gave this session, once its registration is answered; the
+    /// commands that arrive meanwhile wait for the same registration.
+    id: tokio::sync::OnceCell<u64>,
+    seqs: std::sync::Mutex<Seqs>,
 }
 
-/// A client's sequence numbers with one group.
-#[derive(Default)]
-struct ClientSession {
+/// A session's sequence numbers.
+struct Seqs {
     next_seq: u64,
-    /// The group has answered one of this session's commands, so it holds the session. Until
-    /// then `first_unacked` stays 1: a group that does not know the client and sees a higher
-    /// one concludes that the session expired.
-    established: bool,
     /// Sequence numbers in flight, for `first_unacked`.
     inflight: BTreeSet<u64>,
+    /// When the last command started.
+    last_used: Instant,
+}
+
+impl GroupSession {
+    fn new() -> Self {
+        GroupSession {
+            id: tokio::sync::OnceCell::new(),
+            seqs: std::sync::Mutex::new(Seqs {
+                next_seq: 0,
+                inflight: BTreeSet::new(),
+                last_used: Instant::now(),
+            }),
+        }
+    }
 }
 
 struct Inner {
@@ -553,10 +565,9 @@ struct Inner {
     txs: Vec<mpsc::Sender<Request>>,
     workers: Arc<driver::Workers>,
     settings: Settings,
-    client_id: u64,
     /// This handle's session with each group it commanded: sessions are per group, since each
     /// group keeps its own session table.
-    sessions: std::sync::Mutex<HashMap<String, ClientSession>>,
+    sessions: std::sync::Mutex<HashMap<String, Arc<GroupSession>>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Closed by `shutdown` once every worker has stopped.
     store: std::sync::Mutex<Option<Arc<crate::storage::Store>>>,
@@ -604,6 +615,13 @@ async fn serve_requests(
                         .await
                         .and_then(|r| r),
                 ),
+                Ok(rpc::Rpc::Register { group }) => {
+                    let r = fleet
+                        .call(|reply| Request::Register { group, reply })
+                        .await
+                        .and_then(|r| r);
+                    rpc::encode(&r)
+                }
                 Ok(rpc::Rpc::Command {
                     group,
                     data,
@@ -1126,62 +1144,121 @@ impl Fleet {
 
     /// [`Fleet::command`] with the command already encoded (postcard), for clients in other
     /// languages or processes.
+    ///
+    /// The handle opens a session with the group on its first command there (thesis §6.3
+    /// RegisterClient: one more entry, once) and numbers its commands in it, so a command retried
+    /// across leader changes applies once. If the group forgot the session (more than
+    /// `SessionConfig::sessions_max` clients registered since, or it sat idle for the session
+    /// timeout), the command fails with [`FleetError::Session`] (`Expired`): whether an earlier
+    /// copy of it applied is unknown. The next command opens a new session. A session left idle
+    /// for half the timeout is replaced before it is used again, so that an idle handle does not
+    /// meet `Expired`.
     pub async fn command_raw(&self, group: &str, data: Bytes) -> Result<Bytes, FleetError> {
-        let seq = {
-            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-            // Most commands name a group this handle already talks to: no new key to allocate.
-            if !sessions.contains_key(group) {
-                sessions.insert(group.to_string(), Default::default());
+        let session = self.group_session(group);
+        let client_id = match session.id.get_or_try_init(|| self.register(group)).await {
+            Ok(id) => *id,
+            Err(e) => {
+                // Names that are not groups leave nothing behind, so the map stays bounded by
+                // the groups this handle really talks to.
+                if matches!(e, FleetError::NoSuchGroup(_)) {
+                    self.forget_session(group, &session);
+                }
+                return Err(e);
             }
-            let s = sessions.get_mut(group).expect("inserted");
-            s.next_seq += 1;
-            s.inflight.insert(s.next_seq);
-            s.next_seq
         };
-        let result = self.command_with_seq(group, data, seq).await;
-        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
-        if let Some(s) = sessions.get_mut(group) {
-            s.inflight.remove(&seq);
-            if matches!(result, Ok(_) | Err(FleetError::Session(_))) {
-                s.established = true;
-            }
-            // Names that are not groups leave nothing behind, so the map stays bounded by the
-            // groups this handle really talks to.
-            if matches!(result, Err(FleetError::NoSuchGroup(_)))
-                && !s.established
-                && s.inflight.is_empty()
-            {
-                sessions.remove(group);
-            }
+        let (seq, first_unacked) = {
+            let mut seqs = session.seqs.lock().expect("session lock");
+            seqs.next_seq += 1;
+            let seq = seqs.next_seq;
+            seqs.inflight.insert(seq);
+            seqs.last_used = Instant::now();
+            (seq, seqs.inflight.first().copied().unwrap_or(seq))
+        };
+        let result = self
+            .command_in_session(
+                group,
+                data,
+                SessionRef {
+                    client_id,
+                    seq,
+                    first_unacked,
+                },
+            )
+            .await;
+        session
+            .seqs
+            .lock()
+            .expect("session lock")
+            .inflight
+            .remove(&seq);
+        if matches!(
+            result,
+            Err(FleetError::Session(SessionError::Expired { .. }) | FleetError::NoSuchGroup(_))
+        ) {
+            self.forget_session(group, &session);
         }
-        drop(sessions);
         result
     }
 
-    async fn command_with_seq(
+    /// This handle's session with `group`: the current one, or a new, unregistered one when
+    /// there is none or the current one sat idle long enough that the group may expire it.
+    fn group_session(&self, group: &str) -> Arc<GroupSession> {
+        let renew_after = self.inner.settings.tick.saturating_mul(
+            u32::try_from(self.inner.settings.sessions.session_timeout_ticks / 2)
+                .unwrap_or(u32::MAX),
+        );
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        if let Some(s) = sessions.get(group) {
+            let seqs = s.seqs.lock().expect("session lock");
+            if !(seqs.inflight.is_empty() && seqs.last_used.elapsed() >= renew_after) {
+                drop(seqs);
+                return s.clone();
+            }
+        }
+        let fresh = Arc::new(GroupSession::new());
+        sessions.insert(group.to_string(), fresh.clone());
+        fresh
+    }
+
+    /// Drops `session` from the map if it is still the group's current one.
+    fn forget_session(&self, group: &str, session: &Arc<GroupSession>) {
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        if sessions.get(group).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(group);
+        }
+    }
+
+    /// Registers a client session with `group` on its leader; returns the session's client id.
+    async fn register(&self, group: &str) -> Result<u64, FleetError> {
+        let bytes = self
+            .route(
+                group,
+                |reply| Request::Register {
+                    group: group.to_string(),
+                    reply,
+                },
+                || rpc::Rpc::Register {
+                    group: group.to_string(),
+                },
+                false,
+            )
+            .await?;
+        let id: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+            FleetError::Codec(format!(
+                "a session registration answered {} bytes, not 8",
+                bytes.len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(id))
+    }
+
+    async fn command_in_session(
         &self,
         group: &str,
         data: Bytes,
-        seq: u64,
+        session: SessionRef,
     ) -> Result<Bytes, FleetError> {
-        let first_unacked = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .get(group)
-            .map_or(1, |s| {
-                if s.established {
-                    s.inflight.first().copied().unwrap_or(seq)
-                } else {
-                    1
-                }
-            });
-        let session = Some(SessionRef {
-            client_id: self.inner.client_id,
-            seq,
-            first_unacked,
-        });
+        let session = Some(session);
         let remote = || rpc::Rpc::Command {
             group: group.to_string(),
             data: data.clone(),

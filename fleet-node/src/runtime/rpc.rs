@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, CatalogCommand};
 use crate::transport::{PeerAddr, PeerDirectory};
 
 /// The version of the node-to-node request encoding.
-pub(crate) const RPC_VERSION: u16 = 1;
+pub(crate) const RPC_VERSION: u16 = 2;
 
 /// A request from one node to another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +26,8 @@ pub(crate) enum Rpc {
     },
     /// A catalog change, forwarded to the meta group's leader.
     Catalog { cmd: CatalogCommand },
+    /// A client session's registration with a group this node should lead.
+    Register { group: String },
     /// A command for a group this node should lead.
     Command {
         group: String,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::TransportError;
 
 /// The version of every record this build writes; any other value is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of every length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;

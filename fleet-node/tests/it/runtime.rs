@@ -334,13 +334,24 @@ mod cluster {
         dir: tempfile::TempDir,
         workers: usize,
     ) -> Node {
+        let settings = Settings {
+            workers,
+            ..settings()
+        };
+        start_node_with_settings(ca, name, join, dir, settings).await
+    }
+
+    pub async fn start_node_with_settings(
+        ca: &CertificateAuthority,
+        name: &str,
+        join: Vec<String>,
+        dir: tempfile::TempDir,
+        settings: Settings,
+    ) -> Node {
         let fleet = Fleet::builder()
             .name(name)
             .data_dir(dir.path())
-            .settings(Settings {
-                workers,
-                ..settings()
-            })
+            .settings(settings)
             .listen("127.0.0.1:0".parse().unwrap())
             .tls(tls_for(ca, name))
             .join(join)
@@ -352,13 +363,18 @@ mod cluster {
     }
 
     pub async fn three_nodes() -> (CertificateAuthority, Vec<Node>) {
+        three_nodes_with(settings()).await
+    }
+
+    pub async fn three_nodes_with(settings: Settings) -> (CertificateAuthority, Vec<Node>) {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let ca =
             CertificateAuthority::generate("test-cluster", Validity::days_from_now(1)).expect("ca");
-        let n1 = start_node(&ca, "n1", vec![], tempfile::tempdir().unwrap()).await;
+        let dir = || tempfile::tempdir().unwrap();
+        let n1 = start_node_with_settings(&ca, "n1", vec![], dir(), settings.clone()).await;
         n1.fleet.activate("zone-a").await.expect("n1 activates");
         let addr = n1.fleet.status().await.unwrap().nodes[0]
             .entry
@@ -369,9 +385,10 @@ mod cluster {
             Some(addr.clone()),
             "the bound address is the one the catalog advertises"
         );
-        let n2 = start_node(&ca, "n2", vec![addr.clone()], tempfile::tempdir().unwrap()).await;
+        let n2 =
+            start_node_with_settings(&ca, "n2", vec![addr.clone()], dir(), settings.clone()).await;
         n2.fleet.activate("zone-b").await.expect("n2 joins");
-        let n3 = start_node(&ca, "n3", vec![addr], tempfile::tempdir().unwrap()).await;
+        let n3 = start_node_with_settings(&ca, "n3", vec![addr], dir(), settings).await;
         n3.fleet.activate("zone-c").await.expect("n3 joins");
         (ca, vec![n1, n2, n3])
     }
@@ -568,6 +585,88 @@ mod cluster {
             .filter(|l| l.starts_with("fleet_proposals_forwarded_total "))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    fn append(value: &'static str) -> KvCommand {
+        KvCommand::Append {
+            key: "k".into(),
+            value: Bytes::from_static(value.as_bytes()),
+        }
+    }
+
+    /// Each handle registers a session with a group before its first command there (thesis
+    /// §6.3). When the group forgets a session (here: evicted by another node's registration,
+    /// with room for one), the command is refused with `Expired`, not applied, and the handle's
+    /// next command opens a new session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forgotten_session_is_refused_clearly_and_the_next_command_opens_a_new_one() {
+        let mut s = settings();
+        s.sessions.sessions_max = 1;
+        let (_ca, nodes) = three_nodes_with(s).await;
+        let (n1, n2) = (&nodes[0].fleet, &nodes[1].fleet);
+        n1.add_consensus_group("s", 3, "kv").await.unwrap();
+        assert_eq!(
+            n1.command::<KvStore>("s", append("a")).await.unwrap(),
+            KvOutput::Length(1)
+        );
+        // n2's registration evicts n1's session (the table holds one).
+        assert_eq!(
+            n2.command::<KvStore>("s", append("b")).await.unwrap(),
+            KvOutput::Length(2)
+        );
+        let err = n1
+            .command::<KvStore>("s", append("c"))
+            .await
+            .expect_err("the group no longer holds n1's session");
+        assert!(
+            matches!(
+                err,
+                FleetError::Session(fleet_core::SessionError::Expired { .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("register a new session"), "{err}");
+        assert_eq!(
+            n1.command::<KvStore>("s", append("d")).await.unwrap(),
+            KvOutput::Length(3),
+            "a new session; the refused command was not applied"
+        );
+        let got = n2
+            .query::<KvStore>("s", KvQuery::Get { key: "k".into() })
+            .await
+            .unwrap();
+        assert_eq!(got, KvOutput::Value(Some(Bytes::from_static(b"abd"))));
+        for node in nodes {
+            node.fleet.shutdown().await.unwrap();
+        }
+    }
+
+    /// A group expires a session idle for `session_timeout_ticks` of its log time. A handle whose
+    /// session sat idle for half that opens a new one before its next command, so an idle node
+    /// does not meet `Expired` while others keep the group busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_handle_opens_a_new_session_before_the_group_expires_its_old_one() {
+        let mut s = settings();
+        // 40 ticks of 5 ms: the group expires an idle session after 200 ms of its log time;
+        // the handle renews one idle for 100 ms.
+        s.sessions.session_timeout_ticks = 40;
+        let (_ca, nodes) = three_nodes_with(s).await;
+        let (n1, n2) = (&nodes[0].fleet, &nodes[1].fleet);
+        n1.add_consensus_group("idle", 3, "kv").await.unwrap();
+        n1.command::<KvStore>("idle", append("a")).await.unwrap();
+        // n2 keeps the group's log time moving well past n1's session timeout.
+        let busy_until = tokio::time::Instant::now() + Duration::from_millis(600);
+        let mut n2_writes = 0;
+        while tokio::time::Instant::now() < busy_until {
+            n2.command::<KvStore>("idle", append("b")).await.unwrap();
+            n2_writes += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = n1.command::<KvStore>("idle", append("c")).await;
+        assert_eq!(out.unwrap(), KvOutput::Length(n2_writes + 2));
+        for node in nodes {
+            node.fleet.shutdown().await.unwrap();
+        }
     }
 
     /// Commands sent through the followers of a group are handed to the leader inside the Raft
