@@ -22,6 +22,11 @@ use fleet_node::transport::IdentityKind;
 use fleet_node::transport::certs::{CertificateAuthority, Validity};
 use hdrhistogram::Histogram;
 
+/// The allocator the daemon uses (`fleet-node`'s `main.rs`), so n1 and n2 in this process run as
+/// n3 does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const CREATE_CONCURRENCY: usize = 64;
 const WRITE_GROUPS: usize = 100;
 /// How long each write row runs, seconds (`FLEET_BENCH_WRITE_SECONDS` to change it, say to
