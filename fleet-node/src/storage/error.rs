@@ -192,6 +192,9 @@ pub enum StorageError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// A storage setting is out of range; nothing was opened.
+    #[error("invalid storage setting: {0}; fix the setting and start again")]
+    InvalidConfig(String),
 }
 
 /// Short for `Result<T, StorageError>`.

@@ -164,36 +164,39 @@ impl StoreConfig {
         }
     }
 
-    fn check(&self) {
-        assert!(self.queue_depth_max > 0, "queue_depth_max must be positive");
-        assert!(
-            self.commit_entries_max > 0,
-            "commit_entries_max must be positive"
-        );
-        assert!(
-            self.commit_bytes_max > 0,
-            "commit_bytes_max must be positive"
-        );
-        assert!(
-            self.wal_bytes_max >= 2 * self.commit_bytes_max as u64,
-            "wal_bytes_max must hold at least two full commits"
-        );
-        assert!(
-            self.checkpoint_groups_per_step_max > 0,
-            "checkpoint_groups_per_step_max must be positive"
-        );
-        assert!(
-            self.segment_bytes_max > 0,
-            "segment_bytes_max must be positive"
-        );
-        assert!(
-            self.remove_rows_per_step_max > 0,
-            "remove_rows_per_step_max must be positive"
-        );
-        assert!(
-            self.snapshot_chunk_bytes_max > 0,
-            "snapshot_chunk_bytes_max must be positive"
-        );
+    /// Refuses settings the store cannot work with, naming the setting.
+    fn check(&self) -> Result<()> {
+        let positive = [
+            ("queue_depth_max", self.queue_depth_max as u64),
+            ("commit_entries_max", self.commit_entries_max as u64),
+            ("commit_bytes_max", self.commit_bytes_max as u64),
+            (
+                "checkpoint_groups_per_step_max",
+                self.checkpoint_groups_per_step_max as u64,
+            ),
+            ("segment_bytes_max", self.segment_bytes_max as u64),
+            (
+                "remove_rows_per_step_max",
+                self.remove_rows_per_step_max as u64,
+            ),
+            (
+                "snapshot_chunk_bytes_max",
+                self.snapshot_chunk_bytes_max as u64,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(StorageError::InvalidConfig(format!(
+                "{name} must be positive"
+            )));
+        }
+        if self.wal_bytes_max < 2 * self.commit_bytes_max as u64 {
+            return Err(StorageError::InvalidConfig(format!(
+                "wal_bytes_max ({}) must hold at least two full commits (2 x commit_bytes_max = {})",
+                self.wal_bytes_max,
+                2 * self.commit_bytes_max as u64
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -487,7 +490,7 @@ impl Store {
     /// Opens (or creates) the store in `config.data_dir`, recovers every hosted group and checks
     /// the files; refuses to open a store that fails the checks.
     pub fn open(config: StoreConfig) -> Result<(Store, RecoveryReport)> {
-        config.check();
+        config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
         recovery::open(config, path.clone(), |b| b.create(&path))
     }
@@ -498,7 +501,7 @@ impl Store {
         config: StoreConfig,
         backend: impl redb::StorageBackend,
     ) -> Result<(Store, RecoveryReport)> {
-        config.check();
+        config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
         recovery::open(config, path, |b| b.create_with_backend(backend))
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use fleet_core::{GroupId, HardState, ReplicaId};
-use fleet_node::storage::{GroupWrite, ReplicaState, StorageError, Store, WriteBatch};
+use fleet_node::storage::{GroupWrite, ReplicaState, StorageError, Store, StoreConfig, WriteBatch};
 
 use super::common::{CrashBackend, entry, read_group, small_config, snapshot_at};
 
@@ -423,4 +423,27 @@ fn a_batch_registers_new_replicas_with_their_first_writes() {
         }
         store.close().unwrap();
     }
+}
+
+/// Settings the store cannot work with are refused with an error that names them, before
+/// anything is opened (no panic).
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.commit_entries_max = 0;
+    let err = Store::open(c).err().expect("refused");
+    assert!(
+        matches!(&err, StorageError::InvalidConfig(m) if m.contains("commit_entries_max")),
+        "{err}"
+    );
+    let mut c = StoreConfig::new(dir.path());
+    c.wal_bytes_max = c.commit_bytes_max as u64;
+    let err = Store::open(c).err().expect("refused");
+    assert!(err.to_string().contains("wal_bytes_max"), "{err}");
+    assert!(!err.is_fatal());
+    assert!(
+        !dir.path().join("fleet.redb").exists(),
+        "nothing was created"
+    );
 }
