@@ -407,6 +407,13 @@ impl Replica {
             debug!(term = self.term, "group idle and caught up; quiescing");
             self.broadcast_heartbeat(true);
             self.quiesced = true;
+            // A quiesced replica is not ticked, so its ticks no longer measure time: a lease
+            // counted in them would outlive any follower's patience. Neither the current lease
+            // nor a late answer to a round started before now (this quiescing heartbeat's
+            // included) may give one; the first read after waking confirms leadership with a
+            // new round, which starts a new lease.
+            self.lease_until_tick = 0;
+            self.round_started_tick = [(0, 0); ROUNDS_REMEMBERED];
             self.release_buffers();
         }
     }

@@ -95,6 +95,11 @@ struct ClientSession {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
     clients: BTreeMap<u64, ClientSession>,
+    /// `(last_active, client_id)` of every session, oldest first, so that expiring and evicting
+    /// cost what they remove, not a pass over the table per applied entry. Derived from
+    /// `clients`: not in snapshots, rebuilt on restore.
+    #[serde(skip)]
+    by_activity: std::collections::BTreeSet<(LogTime, u64)>,
 }
 
 /// What the session table says about a command.
@@ -105,8 +110,21 @@ enum Check {
 
 impl Sessions {
     fn expire(&mut self, now: LogTime, cfg: &SessionConfig) {
-        self.clients
-            .retain(|_, s| now.saturating_sub(s.last_active) < cfg.session_timeout_ticks);
+        while let Some(&(last_active, id)) = self.by_activity.first()
+            && now.saturating_sub(last_active) >= cfg.session_timeout_ticks
+        {
+            self.by_activity.pop_first();
+            self.clients.remove(&id);
+        }
+    }
+
+    /// Rebuilds the activity index after the table was decoded from a snapshot.
+    fn rebuild_index(&mut self) {
+        self.by_activity = self
+            .clients
+            .iter()
+            .map(|(id, s)| (s.last_active, *id))
+            .collect();
     }
 
     /// Opens the session `client_id` (the index of its registration entry), evicting the least
@@ -123,6 +141,7 @@ impl Sessions {
                 last_active: now,
             },
         );
+        self.by_activity.insert((now, client_id));
     }
 
     fn check(&mut self, r: SessionRef, now: LogTime, cfg: &SessionConfig) -> Check {
@@ -134,7 +153,11 @@ impl Sessions {
                 client_id: r.client_id,
             }));
         };
-        session.last_active = now;
+        if session.last_active != now {
+            self.by_activity.remove(&(session.last_active, r.client_id));
+            self.by_activity.insert((now, r.client_id));
+            session.last_active = now;
+        }
         if r.first_unacked > session.first_unacked {
             session.first_unacked = r.first_unacked;
             session.responses = session.responses.split_off(&r.first_unacked);
@@ -168,12 +191,7 @@ impl Sessions {
 
     fn evict_least_recent(&mut self) {
         // Deterministic: the oldest activity, then the smallest client id.
-        let victim = self
-            .clients
-            .iter()
-            .min_by_key(|(id, s)| (s.last_active, **id))
-            .map(|(id, _)| *id);
-        if let Some(id) = victim {
+        if let Some((_, id)) = self.by_activity.pop_first() {
             self.clients.remove(&id);
         }
     }
@@ -328,9 +346,11 @@ impl<S: StateMachine> Applier<S> {
                 snap.version
             )));
         }
+        let mut sessions = snap.sessions;
+        sessions.rebuild_index();
         Ok(Applier {
             state: S::restore(&snap.state)?,
-            sessions: snap.sessions,
+            sessions,
             applied: snap.applied,
             cfg,
         })
@@ -569,6 +589,34 @@ mod tests {
             }
         ));
         assert_eq!(value(&b), "a");
+    }
+
+    #[test]
+    fn a_restored_table_expires_and_evicts_like_the_original() {
+        let cfg = SessionConfig {
+            session_timeout_ticks: 10,
+            sessions_max: 2,
+            ..SessionConfig::default()
+        };
+        let mut a: Applier<KvStore> = Applier::new(cfg);
+        a.apply(&register(1, 1));
+        a.apply(&register(2, 5));
+        let mut b: Applier<KvStore> = Applier::restore(&a.snapshot(), cfg).unwrap();
+        // Log time 12: session 1 (last active at 1) expires, session 2 (at 5) stays.
+        for x in [&mut a, &mut b] {
+            x.apply(&entry(3, 12, 2, 1, 1, "a"));
+            assert_eq!(x.sessions().len(), 1);
+            assert!(is_expired(&x.apply(&entry(4, 12, 1, 1, 1, "b")), 1));
+        }
+        let mut c: Applier<KvStore> = Applier::restore(&b.snapshot(), cfg).unwrap();
+        // A full table evicts the least recently active session: 2 (at 12) before 5 (at 13).
+        for x in [&mut b, &mut c] {
+            x.apply(&register(5, 13));
+            x.apply(&register(6, 13));
+            assert_eq!(x.sessions().len(), 2);
+            assert!(is_expired(&x.apply(&entry(7, 13, 2, 2, 2, "c")), 2));
+        }
+        assert_eq!(b.sessions(), c.sessions());
     }
 
     #[test]

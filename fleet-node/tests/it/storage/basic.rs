@@ -432,14 +432,14 @@ fn settings_out_of_range_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = StoreConfig::new(dir.path());
     c.commit_entries_max = 0;
-    let err = Store::open(c).err().expect("refused");
+    let err = Store::open(c).expect_err("refused");
     assert!(
         matches!(&err, StorageError::InvalidConfig(m) if m.contains("commit_entries_max")),
         "{err}"
     );
     let mut c = StoreConfig::new(dir.path());
     c.wal_bytes_max = c.commit_bytes_max as u64;
-    let err = Store::open(c).err().expect("refused");
+    let err = Store::open(c).expect_err("refused");
     assert!(err.to_string().contains("wal_bytes_max"), "{err}");
     assert!(!err.is_fatal());
     assert!(
