@@ -114,7 +114,7 @@ pub use config::Config;
 pub use error::Error;
 pub use message::{Body, Message};
 pub use progress::{Progress, ProgressState};
-pub use ready::{ReadState, Ready, Role, SoftState};
+pub use ready::{ReadState, Ready, RefusedForward, Role, SoftState};
 pub use replica::{Replica, Restored};
 pub use session::{Applied, Applier, SessionConfig, SessionError};
 pub use state_machine::{SnapshotError, StateMachine};

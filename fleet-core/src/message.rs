@@ -106,12 +106,24 @@ pub enum Body {
     /// Leadership transfer (§3.10): the receiver should campaign at once.
     TimeoutNow,
     /// Commands a follower hands to its leader (etcd-raft's `MsgProp`): the leader appends them
-    /// as if they had been proposed to it, and drops them if it cannot (it no longer leads, a
-    /// transfer is under way, a limit is reached). There is no answer: the proposer learns the
-    /// outcome by applying the log, and retries with the same session if it does not see it.
+    /// as if they had been proposed to it, and refuses them if it cannot (it no longer leads, a
+    /// transfer is under way, a limit is reached) with `ProposeRefused`. An appended command gets
+    /// no answer: the proposer learns the outcome by applying the log, and retries with the same
+    /// session if it does not see it (the refusal, too, may be lost).
     Propose {
         /// The commands, in order.
         commands: Vec<Command>,
+    },
+    /// The receiver did not append these forwarded commands (those with a session, named by
+    /// `(client id, seq)`), so their proposer can tell its callers at once rather than after a
+    /// timeout.
+    ProposeRefused {
+        /// `(client_id, seq)` of each refused command.
+        sessions: Vec<(u64, u64)>,
+        /// Refused for a limit (the uncommitted log is full, or a command is too large): the
+        /// callers should back off. Otherwise the receiver does not lead (or is handing its
+        /// leadership over): the callers should retry with the leader.
+        busy: bool,
     },
 }
 
@@ -131,6 +143,7 @@ impl Body {
             Body::SnapshotResponse { .. } => "SnapshotResponse",
             Body::TimeoutNow => "TimeoutNow",
             Body::Propose { .. } => "Propose",
+            Body::ProposeRefused { .. } => "ProposeRefused",
         }
     }
 }

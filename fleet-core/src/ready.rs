@@ -87,6 +87,20 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     /// Reads confirmed by a quorum.
     pub read_states: Vec<ReadState>,
+    /// Commands this follower forwarded that the leader refused (`Body::ProposeRefused`).
+    pub refused_forwards: Vec<RefusedForward>,
+}
+
+/// A forwarded command the leader did not append: nothing of it will appear in the log through
+/// that copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedForward {
+    /// The command's client session.
+    pub client_id: u64,
+    /// The command's sequence number.
+    pub seq: u64,
+    /// Refused for a limit (back off) rather than for leadership (retry with the leader).
+    pub busy: bool,
 }
 
 impl Ready {
@@ -103,5 +117,6 @@ impl Ready {
             && self.messages_after_persist.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
+            && self.refused_forwards.is_empty()
     }
 }

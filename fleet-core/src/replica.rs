@@ -16,11 +16,15 @@ use crate::config::Config;
 use crate::log::RaftLog;
 use crate::message::{Body, Message};
 use crate::progress::{Progress, ProgressMap, ProgressState};
-use crate::ready::{ReadState, Ready, Role, SoftState};
+use crate::ready::{ReadState, Ready, RefusedForward, Role, SoftState};
 use crate::types::{
     Command, Configuration, Entry, HardState, Index, LogTime, MembershipChange, Payload, ReplicaId,
     Snapshot, SnapshotMeta, Term,
 };
+
+/// What a forwarded command counts for, beyond its data, against `append_bytes_max`: its
+/// session (three varints) and its framing, about what a log entry's overhead is.
+const FORWARDED_COMMAND_OVERHEAD_BYTES: usize = 48;
 
 /// Read rounds whose start tick is remembered for the lease; older confirmations extend nothing.
 const ROUNDS_REMEMBERED: usize = 4;
@@ -154,6 +158,8 @@ pub struct Replica {
     lease_until_tick: u64,
     pending_reads: VecDeque<PendingRead>,
     read_states: Vec<ReadState>,
+    /// Forwarded commands the leader refused, for the next Ready.
+    refused_forwards: Vec<RefusedForward>,
 
     // Elections.
     votes: BTreeMap<ReplicaId, bool>,
@@ -227,6 +233,7 @@ impl Replica {
             lease_until_tick: 0,
             pending_reads: VecDeque::new(),
             read_states: Vec::new(),
+            refused_forwards: Vec::new(),
             votes: BTreeMap::new(),
             self_vote_pending: false,
             election_elapsed: 0,
@@ -532,7 +539,10 @@ impl Replica {
             });
         }
         // One message holds at most `append_bytes_max` of commands (or one larger command), as
-        // an Append does, so that no message outgrows what the transport carries.
+        // an Append does, so that no message outgrows what the transport carries. Each command
+        // counts with the overhead of its session and framing, as a log entry does, so that many
+        // tiny commands (and the refusal that may name them all) stay within the bound too.
+        let counted = |c: &Command| c.data.len() + FORWARDED_COMMAND_OVERHEAD_BYTES;
         if let Some(Message {
             to,
             term,
@@ -541,7 +551,7 @@ impl Replica {
         }) = self.msgs.last_mut()
             && *to == leader
             && *term == self.term
-            && commands.iter().map(|c| c.data.len()).sum::<usize>() + size_bytes
+            && commands.iter().map(counted).sum::<usize>() + counted(&command)
                 <= self.cfg.append_bytes_max
         {
             commands.push(command);
@@ -557,23 +567,37 @@ impl Replica {
     }
 
     /// A follower's forwarded commands: appended like the leader's own proposals, each checked
-    /// against the same limits; what cannot be appended is dropped (the proposer retries).
+    /// against the same limits; what cannot be appended is refused (`ProposeRefused`, naming the
+    /// commands that carry a session), so the proposer can tell its callers at once.
     fn handle_forwarded(&mut self, from: ReplicaId, commands: Vec<Command>) {
+        let (mut not_leading, mut busy) = (Vec::new(), Vec::new());
         let mut dropped = 0;
         for command in commands {
             let size_bytes = command.data.len();
             let fits = size_bytes <= self.cfg.entry_bytes_max
                 && (self.uncommitted_bytes == 0
                     || self.uncommitted_bytes + size_bytes <= self.cfg.uncommitted_bytes_max);
-            if self.check_can_propose().is_ok() && fits {
-                self.wake();
-                self.append_entry(Payload::Command(command));
-            } else {
-                dropped += 1;
+            let refused = match (self.check_can_propose(), fits) {
+                (Ok(()), true) => {
+                    self.wake();
+                    self.append_entry(Payload::Command(command));
+                    continue;
+                }
+                (Err(_), _) => &mut not_leading,
+                (Ok(()), false) => &mut busy,
+            };
+            dropped += 1;
+            if let Some(s) = command.session {
+                refused.push((s.client_id, s.seq));
             }
         }
         if dropped > 0 {
-            debug!(term = self.term, from = %from, dropped, "dropping forwarded proposals");
+            debug!(term = self.term, from = %from, dropped, "refusing forwarded proposals");
+        }
+        for (sessions, busy) in [(not_leading, false), (busy, true)] {
+            if !sessions.is_empty() {
+                self.send(from, Body::ProposeRefused { sessions, busy });
+            }
         }
     }
 
@@ -726,6 +750,36 @@ impl Replica {
             self.handle_vote(m);
             return;
         }
+        match m.body {
+            Body::ProposeRefused { sessions, busy } => {
+                self.refused_forwards
+                    .extend(sessions.into_iter().map(|(client_id, seq)| RefusedForward {
+                        client_id,
+                        seq,
+                        busy,
+                    }));
+                return;
+            }
+            Body::Propose { commands } if self.role != Role::Leader => {
+                // Not (or no longer) the leader of this term: say so rather than let the
+                // proposer's callers wait out their timeout.
+                let sessions: Vec<(u64, u64)> = commands
+                    .iter()
+                    .filter_map(|c| c.session.map(|s| (s.client_id, s.seq)))
+                    .collect();
+                if !sessions.is_empty() {
+                    self.send(
+                        m.from,
+                        Body::ProposeRefused {
+                            sessions,
+                            busy: false,
+                        },
+                    );
+                }
+                return;
+            }
+            _ => {}
+        }
         match self.role {
             Role::Leader => self.step_leader(m),
             Role::Candidate | Role::PreCandidate => self.step_candidate(m),
@@ -739,7 +793,12 @@ impl Replica {
             Body::Vote {
                 pre_vote, transfer, ..
             } => {
-                if !transfer && self.in_lease() {
+                // A vote request from the leader this replica follows says that leader gave up
+                // (it stepped down and campaigns again): its lease protects nothing any more. A
+                // quiesced follower, whose lease never runs out by itself, would otherwise ignore
+                // every candidate for good, its own former leader included.
+                let from_our_leader = self.leader == Some(m.from);
+                if !transfer && !from_our_leader && self.in_lease() {
                     // §4.2.3: a replica that hears from a live leader ignores vote requests, so a
                     // removed or partitioned member cannot disrupt the group.
                     debug!(term = self.term, from = %m.from, "ignoring vote request while in lease of {:?}", self.leader);
@@ -876,6 +935,8 @@ impl Replica {
                 debug!(term = self.term, from = %m.from, "leader got a leader message of its own term");
             }
             Body::Propose { commands } => self.handle_forwarded(m.from, commands),
+            // Handled in `step` whatever the role.
+            Body::ProposeRefused { .. } => {}
             Body::VoteResponse { .. } | Body::TimeoutNow | Body::Vote { .. } => {}
         }
     }
@@ -1833,6 +1894,7 @@ impl Replica {
             || self.log.handed_out < self.log.committed
             || self.pending_snapshot.is_some()
             || !self.read_states.is_empty()
+            || !self.refused_forwards.is_empty()
             || self.durable_fields_changed()
             || self.soft_state() != self.prev_soft_state
     }
@@ -1892,6 +1954,7 @@ impl Replica {
             self.log.handed_out = index;
         }
         rd.read_states = std::mem::take(&mut self.read_states);
+        rd.refused_forwards = std::mem::take(&mut self.refused_forwards);
         if !rd.must_persist() {
             // Messages that promise durable state may refer to an earlier Ready still being
             // written: they wait for it.

@@ -109,6 +109,7 @@ fn main() -> ExitCode {
         "  {:<28}{:>12}",
         "forwarded by followers", total.forwarded_acked
     );
+    println!("  {:<28}{:>12}", "forwards refused", total.forwards_refused);
     println!("  {:<28}{:>12}", "sessions registered", total.registrations);
     println!(
         "  {:<28}{:>12}",

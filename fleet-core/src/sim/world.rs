@@ -143,6 +143,8 @@ pub struct SimReport {
     pub forwarded_acked: u64,
     /// Client sessions registered (thesis §6.3 RegisterClient).
     pub registrations: u64,
+    /// Forwarded commands the receiver refused (`ProposeRefused`).
+    pub forwards_refused: u64,
     /// Commands refused because the group no longer held their session (evicted by other
     /// registrations): the client dropped what it had in flight, outcome unknown, and registered
     /// again.
@@ -167,6 +169,7 @@ impl SimReport {
         self.transfers += r.transfers;
         self.forwarded_acked += r.forwarded_acked;
         self.registrations += r.registrations;
+        self.forwards_refused += r.forwards_refused;
         self.sessions_expired += r.sessions_expired;
         self.messages += r.messages;
     }
@@ -918,6 +921,21 @@ impl World {
         }
         for msg in rd.messages {
             self.send(n, g, msg)?;
+        }
+        // Forwarded commands the leader refused: their clients retry at their next action.
+        for r in &rd.refused_forwards {
+            let host = self.nodes[n].hosts.get_mut(&g).expect("host");
+            if host.forwarded.remove(&(r.client_id, r.seq)) {
+                self.report.forwards_refused += 1;
+                if let Some(c) = self
+                    .clients
+                    .iter()
+                    .position(|c| c.group == g && c.id == Some(r.client_id))
+                    && let Some(e) = self.clients[c].inflight.get_mut(&r.seq)
+                {
+                    e.2 = self.now.saturating_sub(CLIENT_RETRY_MS);
+                }
+            }
         }
         // Committed entries are durable on a quorum already: apply them now, in Ready order,
         // before this replica's own write is durable (as the runtime does).

@@ -6,8 +6,8 @@
 //!
 //! Commands (arguments are `key=value`):
 //! - `cluster voters=N [learners=M] [pre-vote=bool] [check-quorum=bool] [quiesce=TICKS]
-//!   [lease=bool] [append-max=N] [append-bytes=BYTES] [chunk=BYTES]`: replicas 1..N+M, the
-//!   first N voters.
+//!   [lease=bool] [append-max=N] [append-bytes=BYTES] [uncommitted-bytes=BYTES] [chunk=BYTES]`:
+//!   replicas 1..N+M, the first N voters.
 //! - `campaign id=I`, `tick id=I [n=N]`, `tick-election id=I`, `tick-heartbeat id=I`,
 //!   `suspect id=I`: time and elections.
 //! - `propose id=I key=K value=V [op=append] [client=C seq=S first=F] [forward=true]`: a `kv`
@@ -234,6 +234,17 @@ fn fmt_msg(m: &Message) -> String {
             let cs: Vec<String> = commands.iter().map(fmt_command).collect();
             format!("Propose [{}]", cs.join(", "))
         }
+        Body::ProposeRefused { sessions, busy } => {
+            let cs: Vec<String> = sessions
+                .iter()
+                .map(|(c, s)| format!("client {c} seq {s}"))
+                .collect();
+            format!(
+                "ProposeRefused{} [{}]",
+                if *busy { " busy" } else { "" },
+                cs.join(", ")
+            )
+        }
     };
     format!("{}->{} t{} {body}", m.from, m.to, m.term)
 }
@@ -300,6 +311,9 @@ impl Env {
         cfg.snapshot_chunk_bytes_max = arg(tc, "chunk").unwrap_or(1 << 20);
         if let Some(bytes) = arg(tc, "append-bytes") {
             cfg.append_bytes_max = bytes;
+        }
+        if let Some(bytes) = arg(tc, "uncommitted-bytes") {
+            cfg.uncommitted_bytes_max = bytes;
         }
         cfg.transfer_timeout_ticks = 10;
         cfg.learner_catchup_lag_max = 2;
@@ -420,6 +434,15 @@ impl Env {
         }
         for r in &rd.read_states {
             let _ = writeln!(out, "  read ready: ctx={} index={}", r.ctx, r.index);
+        }
+        for r in &rd.refused_forwards {
+            let _ = writeln!(
+                out,
+                "  refused forward: client {} seq {}{}",
+                r.client_id,
+                r.seq,
+                if r.busy { " (busy)" } else { "" }
+            );
         }
         self.queue.extend(messages);
     }

@@ -85,5 +85,6 @@ fn the_workload_covers_every_feature() {
     assert!(total.transfers > 10, "{total:?}");
     assert!(total.forwarded_acked > 100, "{total:?}");
     assert!(total.registrations > 160, "{total:?}");
+    assert!(total.forwards_refused > 0, "{total:?}");
     assert!(total.sessions_expired > 0, "{total:?}");
 }

@@ -116,11 +116,15 @@ struct Forwarded {
     /// The tick after which the caller is told to retry (see [`FORWARD_TIMEOUT_DIVISOR`]).
     expires: u64,
     reply: oneshot::Sender<Result<Bytes, FleetError>>,
+    /// An earlier copy of the command was forwarded from here too, so a refusal may be that
+    /// copy's: it then says nothing of this one, and the caller is told to retry (same session,
+    /// applied once) rather than that the command was refused.
+    retried: bool,
 }
 
 /// A forwarded command not applied here within an election timeout over this divisor is
 /// answered `NotLeader`, and the caller retries with the same session (applied once). The leader
-/// may have dropped it (it stepped down, a limit was reached) without a word.
+/// refuses what it cannot take (`ProposeRefused`), but the refusal, like the command, may be lost.
 const FORWARD_TIMEOUT_DIVISOR: u32 = 4;
 
 /// A read waiting for its ReadIndex confirmation, then for the applied index to reach it.
@@ -1482,7 +1486,15 @@ impl Driver {
                     let expires = self.ticks + timeout;
                     let key = (s.client_id, s.seq);
                     // A retry of a command still forwarded replaces it (its caller has gone).
-                    slot.forwarded.insert(key, Forwarded { expires, reply });
+                    let retried = slot.forwarded.contains_key(&key);
+                    slot.forwarded.insert(
+                        key,
+                        Forwarded {
+                            expires,
+                            reply,
+                            retried,
+                        },
+                    );
                     self.forward_expiry.push_back((expires, id, key));
                     self.wake(id);
                     return Ok(());
@@ -2043,6 +2055,30 @@ impl Driver {
                     leader: leader.clone(),
                     term: 0,
                 }));
+            }
+        }
+        if !rd.refused_forwards.is_empty() {
+            let leader = slot
+                .replica
+                .leader()
+                .and_then(|l| self.names.get(&l.node.0))
+                .cloned();
+            for r in std::mem::take(&mut rd.refused_forwards) {
+                let Some(f) = slot.forwarded.remove(&(r.client_id, r.seq)) else {
+                    continue;
+                };
+                let err = if r.busy && !f.retried {
+                    FleetError::Busy(format!(
+                        "the leader of group {:?} holds too many uncommitted commands; retry later",
+                        slot.name
+                    ))
+                } else {
+                    FleetError::NotLeader {
+                        leader: leader.clone(),
+                        term: 0,
+                    }
+                };
+                let _ = f.reply.send(Err(err));
             }
         }
         if slot.replica.is_quiesced() {
