@@ -151,7 +151,9 @@ pub enum FleetError {
         /// Why.
         reason: String,
     },
-    /// Too much is queued; slow down and retry.
+    /// Too much is queued; slow down and retry. For a command, the copy that met the limit was
+    /// not appended; if the command had been sent before within the same call (a retry after a
+    /// timeout or a leader change), an earlier copy may still apply.
     #[error("node is busy: {0}; slow down and retry")]
     Busy(String),
     /// The request did not complete in time.
