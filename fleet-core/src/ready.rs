@@ -81,7 +81,10 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     /// Messages that may be sent now.
     pub messages: Vec<Message>,
-    /// Messages that may be sent only after this Ready's state is durable.
+    /// Messages that may be sent only after this Ready's state is durable. When the write
+    /// completes, send only those whose term is not older than the replica's term then: a later
+    /// Ready of a newer term (perhaps written in the same commit) may have replaced the entries
+    /// an older promise acknowledges, and a leader of that older term would count it.
     pub messages_after_persist: Vec<Message>,
     /// Entries that are committed and may be applied, in log order.
     pub committed_entries: Vec<Entry>,

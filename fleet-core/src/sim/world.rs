@@ -969,7 +969,11 @@ impl World {
             host.disk.write(&job, None);
         }
         invariants::monotonic::on_durable(self, n, g)?;
-        for msg in job.after.iter().cloned() {
+        // A promise of an older term may no longer hold: a later Ready of a newer term (perhaps
+        // the same write) may have replaced the entries it acknowledges. Drop it, as the runtime
+        // does (a lost message is always allowed).
+        let term = self.nodes[n].hosts[&g].replica.as_ref().expect("up").term();
+        for msg in job.after.iter().filter(|m| m.term >= term).cloned() {
             self.send(n, g, msg)?;
         }
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");

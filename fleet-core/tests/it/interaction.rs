@@ -89,7 +89,10 @@ impl Node {
         if h.must_persist {
             self.replica.persisted(h.number);
         }
-        h.messages
+        // As the runtime does: a promise of an older term may no longer hold (a later Ready of
+        // a newer term may have replaced what it acknowledges); it is dropped.
+        let term = self.replica.term();
+        h.messages.into_iter().filter(|m| m.term >= term).collect()
     }
 
     /// Completes every write in flight, in order.

@@ -2237,8 +2237,15 @@ impl Driver {
         if !self.slots.contains_key(&g) {
             return;
         }
+        // A promise of an older term may no longer hold: a later Ready of a newer term, perhaps
+        // merged into the same storage commit, may have replaced the entries it acknowledges (a
+        // follower that moved on to a new leader's term and truncated). Drop it; a lost message
+        // is always allowed, and the new term's leader asks again.
+        let term = self.slots[&g].replica.term();
         for m in stash.after {
-            self.queue_message(g, m);
+            if m.term >= term {
+                self.queue_message(g, m);
+            }
         }
         let slot = self.slots.get_mut(&g).expect("hosted");
         if stash.must_persist {
