@@ -82,9 +82,8 @@ pub struct Ready {
     /// Messages that may be sent now.
     pub messages: Vec<Message>,
     /// Messages that may be sent only after this Ready's state is durable. When the write
-    /// completes, send only those whose term is not older than the replica's term then: a later
-    /// Ready of a newer term (perhaps written in the same commit) may have replaced the entries
-    /// an older promise acknowledges, and a leader of that older term would count it.
+    /// completes, send only those [`Replica::keeps_promise`](crate::Replica::keeps_promise)
+    /// accepts then: a later Ready of a newer term may have replaced what an older one promised.
     pub messages_after_persist: Vec<Message>,
     /// Entries that are committed and may be applied, in log order.
     pub committed_entries: Vec<Entry>,

@@ -1781,6 +1781,14 @@ impl Replica {
     // ---------------------------------------------------------------------------------------
     // Persistence and application.
 
+    /// Whether an after-persist message whose write just became durable may still be sent. A
+    /// promise of an older term than the replica's may no longer hold: a later Ready of a newer
+    /// term (perhaps written in the same commit) may have replaced the entries it acknowledges,
+    /// and a leader of that older term would count it. Dropping it is always allowed.
+    pub fn keeps_promise(&self, m: &Message) -> bool {
+        m.term >= self.term
+    }
+
     /// Everything handed out in Readys up to `number` is durable.
     pub fn persisted(&mut self, number: u64) {
         while let Some(front) = self.unpersisted.front() {

@@ -969,11 +969,15 @@ impl World {
             host.disk.write(&job, None);
         }
         invariants::monotonic::on_durable(self, n, g)?;
-        // A promise of an older term may no longer hold: a later Ready of a newer term (perhaps
-        // the same write) may have replaced the entries it acknowledges. Drop it, as the runtime
-        // does (a lost message is always allowed).
-        let term = self.nodes[n].hosts[&g].replica.as_ref().expect("up").term();
-        for msg in job.after.iter().filter(|m| m.term >= term).cloned() {
+        // As the runtime does: a promise that no longer holds is dropped.
+        let replica = self.nodes[n].hosts[&g].replica.as_ref().expect("up");
+        let kept: Vec<Message> = job
+            .after
+            .iter()
+            .filter(|m| replica.keeps_promise(m))
+            .cloned()
+            .collect();
+        for msg in kept {
             self.send(n, g, msg)?;
         }
         let host = self.nodes[n].hosts.get_mut(&g).expect("host");

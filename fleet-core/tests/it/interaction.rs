@@ -89,10 +89,11 @@ impl Node {
         if h.must_persist {
             self.replica.persisted(h.number);
         }
-        // As the runtime does: a promise of an older term may no longer hold (a later Ready of
-        // a newer term may have replaced what it acknowledges); it is dropped.
-        let term = self.replica.term();
-        h.messages.into_iter().filter(|m| m.term >= term).collect()
+        // As the runtime does: a promise that no longer holds is dropped.
+        h.messages
+            .into_iter()
+            .filter(|m| self.replica.keeps_promise(m))
+            .collect()
     }
 
     /// Completes every write in flight, in order.

@@ -2237,15 +2237,15 @@ impl Driver {
         if !self.slots.contains_key(&g) {
             return;
         }
-        // A promise of an older term may no longer hold: a later Ready of a newer term, perhaps
-        // merged into the same storage commit, may have replaced the entries it acknowledges (a
-        // follower that moved on to a new leader's term and truncated). Drop it; a lost message
-        // is always allowed, and the new term's leader asks again.
-        let term = self.slots[&g].replica.term();
-        for m in stash.after {
-            if m.term >= term {
-                self.queue_message(g, m);
-            }
+        // A promise of an older term may no longer hold: a later Ready, perhaps merged into the
+        // same storage commit, may have replaced what it acknowledges.
+        let kept: Vec<Message> = stash
+            .after
+            .into_iter()
+            .filter(|m| self.slots[&g].replica.keeps_promise(m))
+            .collect();
+        for m in kept {
+            self.queue_message(g, m);
         }
         let slot = self.slots.get_mut(&g).expect("hosted");
         if stash.must_persist {
