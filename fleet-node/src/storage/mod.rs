@@ -55,6 +55,7 @@
 mod codec;
 mod error;
 mod faults;
+pub mod journal;
 mod recovery;
 mod snapshot;
 mod state;
@@ -138,6 +139,13 @@ pub struct StoreConfig {
     pub verify_snapshots_on_open: bool,
     /// How long the writer waits for work before it checkpoints or erases in the background.
     pub idle_interval: Duration,
+    /// Make redb's durable commits durable through the commit journal (`fleet.journal`: one
+    /// sequential write and sync per commit instead of syncing the database's scattered pages;
+    /// see [`journal`]). Off, redb syncs its own file at every commit.
+    pub journal: bool,
+    /// Each of the journal's two halves. A commit larger than this syncs the database file
+    /// instead; a larger half makes the database's syncs rarer and replay on open longer.
+    pub journal_half_bytes_max: u64,
 }
 
 impl StoreConfig {
@@ -161,6 +169,8 @@ impl StoreConfig {
             verify_log_on_open: true,
             verify_snapshots_on_open: true,
             idle_interval: Duration::from_millis(200),
+            journal: true,
+            journal_half_bytes_max: 32 << 20,
         }
     }
 
@@ -187,6 +197,12 @@ impl StoreConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(StorageError::InvalidConfig(format!(
                 "{name} must be positive"
+            )));
+        }
+        if self.journal && self.journal_half_bytes_max < 64 << 10 {
+            return Err(StorageError::InvalidConfig(format!(
+                "journal_half_bytes_max ({}) must be at least 65536",
+                self.journal_half_bytes_max
             )));
         }
         if self.wal_bytes_max < 2 * self.commit_bytes_max as u64 {
@@ -405,6 +421,23 @@ impl std::hash::Hasher for GroupIdHasher {
     }
 }
 
+fn create_data_dir(config: &StoreConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StorageError::io("create the data directory", &config.data_dir, e))
+}
+
+/// Opens (creating if needed) a file as a redb file backend.
+fn open_file(path: &Path, op: &'static str) -> Result<redb::backends::FileBackend> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StorageError::io(op, path, e))?;
+    redb::backends::FileBackend::new(file).map_err(|e| StorageError::redb(op, path, e))
+}
+
 /// A map keyed by group id.
 pub(crate) type GroupMap<V> = HashMap<GroupId, V, std::hash::BuildHasherDefault<GroupIdHasher>>;
 
@@ -414,6 +447,8 @@ pub(crate) struct Shared {
     pub db_path: PathBuf,
     pub groups: RwLock<GroupMap<GroupState>>,
     pub failed: Mutex<Option<String>>,
+    /// The commit journal's counters, when there is one.
+    pub journal: Mutex<Option<journal::JournalStatsHandle>>,
     pub wal_records: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub commits: AtomicU64,
@@ -492,11 +527,18 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<(Store, RecoveryReport)> {
         config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
-        recovery::open(config, path.clone(), |b| b.create(&path))
+        if !config.journal {
+            return recovery::open(config, path.clone(), |b| b.create(&path));
+        }
+        create_data_dir(&config)?;
+        let main = open_file(&path, "open the database")?;
+        let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
+        let log = open_file(&log_path, "open the commit journal")?;
+        Store::open_with_journal(config, main, log)
     }
 
-    /// Like [`Store::open`], with the database on a custom redb storage backend (tests use it
-    /// to simulate power loss). Snapshot files still live in `config.data_dir`.
+    /// Like [`Store::open`], with the database on a custom redb storage backend and no commit
+    /// journal (redb syncs its own file). Snapshot files still live in `config.data_dir`.
     pub fn open_with_backend(
         config: StoreConfig,
         backend: impl redb::StorageBackend,
@@ -506,6 +548,62 @@ impl Store {
         recovery::open(config, path, |b| b.create_with_backend(backend))
     }
 
+    /// Like [`Store::open`], with the database on `main` made durable through the commit journal
+    /// on `log` (tests use it to simulate power loss on both files).
+    pub fn open_with_journal(
+        config: StoreConfig,
+        main: impl redb::StorageBackend,
+        log: impl redb::StorageBackend,
+    ) -> Result<(Store, RecoveryReport)> {
+        config.check()?;
+        let path = config.data_dir.join(DATABASE_FILE_NAME);
+        let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
+        let jc = journal::JournalConfig {
+            half_bytes: config.journal_half_bytes_max,
+            ..journal::JournalConfig::default()
+        };
+        let (backend, report) =
+            journal::JournaledBackend::open(main, log, jc).map_err(|e| match e {
+                journal::JournalError::Io { op, source } => StorageError::io(op, &log_path, source),
+                journal::JournalError::Corrupt { what } => StorageError::Corrupt {
+                    path: log_path.clone(),
+                    group: None,
+                    what,
+                },
+                journal::JournalError::UnknownFormatVersion { found, supported } => {
+                    StorageError::UnknownFormatVersion {
+                        path: log_path.clone(),
+                        what: "the commit journal".into(),
+                        found,
+                        supported,
+                    }
+                }
+            })?;
+        if report.groups_replayed > 0 {
+            tracing::info!(
+                groups = report.groups_replayed,
+                bytes = report.bytes_replayed,
+                "storage: commit journal replayed into the database"
+            );
+        }
+        let stats = backend.stats_handle();
+        let (store, mut recovered) =
+            recovery::open(config, path, |b| b.create_with_backend(backend))?;
+        recovered.journal = Some(report);
+        *store.shared.journal.lock().expect("journal lock") = Some(stats);
+        Ok((store, recovered))
+    }
+
+    /// The commit journal's counters (`None` without a journal).
+    pub fn journal_stats(&self) -> Option<journal::JournalStats> {
+        self.shared
+            .journal
+            .lock()
+            .expect("journal lock")
+            .as_ref()
+            .map(|h| h.get())
+    }
+
     /// Like [`Store::open`], on the same file, with `faults` applied to it (tests of how the
     /// node reacts to a failing disk).
     #[doc(hidden)]
@@ -513,18 +611,17 @@ impl Store {
         config: StoreConfig,
         faults: Arc<StorageFaults>,
     ) -> Result<(Store, RecoveryReport)> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Io {
-            op: "create the data directory",
-            path: config.data_dir.clone(),
-            source: e,
-        })?;
+        create_data_dir(&config)?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
-        let file = faults::FaultyFile::open(&path, faults).map_err(|e| StorageError::Io {
-            op: "open the database",
-            path: path.clone(),
-            source: e,
-        })?;
-        Store::open_with_backend(config, file)
+        let file = faults::FaultyFile::open(&path, faults.clone())
+            .map_err(|e| StorageError::io("open the database", &path, e))?;
+        if !config.journal {
+            return Store::open_with_backend(config, file);
+        }
+        let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
+        let log = faults::FaultyFile::open(&log_path, faults)
+            .map_err(|e| StorageError::io("open the commit journal", &log_path, e))?;
+        Store::open_with_journal(config, file, log)
     }
 
     fn start(shared: Arc<Shared>, writer: writer::Writer) -> Store {

@@ -55,7 +55,9 @@ pub struct RecoveryReport {
     pub removals_pending: Vec<GroupId>,
     /// Leftover files removed: temporary snapshot files and snapshots no metadata names.
     pub orphan_files_removed: Vec<PathBuf>,
-    /// The time the whole open took.
+    /// What the commit journal's open did (`None` without a journal).
+    pub journal: Option<super::journal::JournalReport>,
+    /// The time the whole open took (the journal's replay not included).
     pub elapsed: Duration,
 }
 
@@ -191,6 +193,7 @@ pub(crate) fn open(
         db_path,
         groups: RwLock::new(states),
         failed: Mutex::new(None),
+        journal: Mutex::new(None),
         wal_records: AtomicU64::new(0),
         wal_bytes: AtomicU64::new(0),
         commits: AtomicU64::new(0),

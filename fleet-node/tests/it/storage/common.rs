@@ -57,6 +57,27 @@ impl CrashBackend {
         b
     }
 
+    /// Two backends on one power supply (a database file and its commit journal): a crash of
+    /// either freezes both, as a power loss stops every file at once.
+    pub fn pair() -> (CrashBackend, CrashBackend) {
+        let a = CrashBackend::default();
+        let b = CrashBackend {
+            frozen: a.frozen.clone(),
+            ..CrashBackend::default()
+        };
+        (a, b)
+    }
+
+    /// Like [`CrashBackend::from_image`], for two files on one power supply.
+    pub fn pair_from_images(a: Vec<u8>, b: Vec<u8>) -> (CrashBackend, CrashBackend) {
+        let a = CrashBackend::from_image(a);
+        let b = CrashBackend {
+            frozen: a.frozen.clone(),
+            ..CrashBackend::from_image(b)
+        };
+        (a, b)
+    }
+
     /// Pulls the plug: freezes the backend and returns what the disk holds after the power loss.
     pub fn crash(&self, rng: &mut ChaCha8Rng, keep_probability_percent: u64) -> Vec<u8> {
         let d = self.disk.lock().unwrap();

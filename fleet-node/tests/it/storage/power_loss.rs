@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use fleet_core::{GroupId, ReplicaId};
-use fleet_node::storage::{Store, WriteBatch};
+use fleet_node::storage::{Store, StoreConfig, WriteBatch};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -43,15 +43,40 @@ struct Outcome {
     recovered: usize,
     /// Checkpoint steps before the crash.
     checkpoints: u64,
+    /// Database file syncs the commit journal made before the crash.
+    journal_checkpoints: u64,
 }
 
-fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
+/// How the store under test reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Files {
+    /// redb syncs its own file.
+    Database,
+    /// The commit journal makes commits durable (small halves, so that they wrap often and
+    /// commits wait for checkpoints).
+    Journal,
+}
+
+fn open(
+    config: &StoreConfig,
+    files: Files,
+    db: CrashBackend,
+    log: CrashBackend,
+) -> Result<Store, String> {
+    let r = match files {
+        Files::Database => Store::open_with_backend(config.clone(), db),
+        Files::Journal => Store::open_with_journal(config.clone(), db, log),
+    };
+    r.map(|(s, _)| s).map_err(|e| e.to_string())
+}
+
+fn crash_point(seed: u64, ack_on_submit: bool, files: Files) -> Result<Outcome, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let backend = CrashBackend::default();
-    let config = small_config(dir.path());
-    let (store, _) =
-        Store::open_with_backend(config.clone(), backend.clone()).map_err(|e| e.to_string())?;
+    let (backend, journal) = CrashBackend::pair();
+    let mut config = small_config(dir.path());
+    config.journal_half_bytes_max = 64 << 10;
+    let store = open(&config, files, backend.clone(), journal.clone())?;
     let mut groups: Vec<GroupId> = (1..=GROUPS - GROUPS_CREATED_IN_BATCH)
         .map(GroupId)
         .collect();
@@ -115,12 +140,15 @@ fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
     }
     let keep = rng.next_u64() % 101;
     let checkpoints = store.stats().checkpoints;
+    let journal_checkpoints = store.journal_stats().map_or(0, |j| j.checkpoints);
     let image = backend.crash(&mut rng, keep);
+    let journal_image = journal.crash(&mut rng, keep);
     drop(in_flight);
     drop(store);
 
-    let (store, _) = Store::open_with_backend(config, CrashBackend::from_image(image))
-        .map_err(|e| format!("reopen after the crash failed: {e}"))?;
+    let (db, log) = CrashBackend::pair_from_images(image, journal_image);
+    let store =
+        open(&config, files, db, log).map_err(|e| format!("reopen after the crash failed: {e}"))?;
     let mut last_err = String::new();
     for k in (acked..states.len()).rev() {
         match compare(&store, &states[k]) {
@@ -130,6 +158,7 @@ fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
                     submitted: states.len() - 1,
                     recovered: k,
                     checkpoints,
+                    journal_checkpoints,
                 });
             }
             Err(e) => last_err = e,
@@ -143,17 +172,26 @@ fn crash_point(seed: u64, ack_on_submit: bool) -> Result<Outcome, String> {
 
 #[test]
 fn every_acknowledged_batch_survives_500_crash_points() {
+    survives_500_crash_points(Files::Database);
+}
+
+#[test]
+fn every_acknowledged_batch_survives_500_crash_points_through_the_journal() {
+    survives_500_crash_points(Files::Journal);
+}
+
+fn survives_500_crash_points(files: Files) {
     let mut failures = Vec::new();
     let mut outcomes = Vec::new();
     for seed in 0..500 {
-        match crash_point(seed, false) {
+        match crash_point(seed, false, files) {
             Ok(o) => outcomes.push(o),
             Err(e) => failures.push(format!("seed {seed}: {e}")),
         }
     }
     assert!(
         failures.is_empty(),
-        "{} crash points failed; reproduce with crash_point(seed):\n{}",
+        "{} crash points failed ({files:?}); reproduce with crash_point(seed):\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -164,16 +202,23 @@ fn every_acknowledged_batch_survives_500_crash_points() {
         .count();
     let in_flight_kept = outcomes.iter().filter(|o| o.recovered > o.acked).count();
     let checkpointed = outcomes.iter().filter(|o| o.checkpoints > 0).count();
+    let journal_wrapped = outcomes
+        .iter()
+        .filter(|o| o.journal_checkpoints > 0)
+        .count();
     eprintln!(
-        "500 crash points: {in_flight_lost} lost unacknowledged batches, {in_flight_kept} kept some, {checkpointed} crashed after checkpoints"
+        "500 crash points ({files:?}): {in_flight_lost} lost unacknowledged batches, {in_flight_kept} kept some, {checkpointed} crashed after checkpoints, {journal_wrapped} after journal checkpoints"
     );
     assert!(in_flight_lost > 50 && in_flight_kept > 20 && checkpointed > 100);
+    if files == Files::Journal {
+        assert!(journal_wrapped > 100);
+    }
 }
 
 #[test]
 fn the_harness_catches_an_acknowledgement_before_durability() {
     let caught = (10_000..10_060)
-        .filter(|&seed| crash_point(seed, true).is_err())
+        .filter(|&seed| crash_point(seed, true, Files::Journal).is_err())
         .count();
     eprintln!(
         "the harness caught {caught} of 60 crash points with acknowledgements before durability"
