@@ -170,61 +170,15 @@ pub(crate) struct StoreMeta {
     pub next_seq: u64,
 }
 
-/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and LevelDB, computed eight bytes at a time
-/// ("slicing-by-8").
+/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and LevelDB (the `crc32c` crate: the
+/// CPU's CRC instruction where there is one).
 pub fn crc32c(data: &[u8]) -> u32 {
-    crc32c_append(0, data)
+    crc32c::crc32c(data)
 }
 
 /// Continues a CRC-32C: `crc32c_append(crc32c(a), b) == crc32c(a ++ b)`.
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    let t = &CRC32C_TABLES;
-    let mut crc = !crc;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        crc = t[7][(lo & 0xff) as usize]
-            ^ t[6][((lo >> 8) & 0xff) as usize]
-            ^ t[5][((lo >> 16) & 0xff) as usize]
-            ^ t[4][(lo >> 24) as usize]
-            ^ t[3][c[4] as usize]
-            ^ t[2][c[5] as usize]
-            ^ t[1][c[6] as usize]
-            ^ t[0][c[7] as usize];
-    }
-    for &b in chunks.remainder() {
-        crc = t[0][((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
-
-static CRC32C_TABLES: [[u32; 256]; 8] = crc32c_tables();
-
-const fn crc32c_tables() -> [[u32; 256]; 8] {
-    const POLY: u32 = 0x82f6_3b78; // Castagnoli, reflected
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 256 {
-        let mut s = 1;
-        while s < 8 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            s += 1;
-        }
-        i += 1;
-    }
-    t
+    crc32c::crc32c_append(crc, data)
 }
 
 #[cfg(test)]
