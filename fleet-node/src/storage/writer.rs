@@ -34,6 +34,8 @@ pub(crate) struct Writer {
     pub removing: VecDeque<GroupId>,
     /// A request taken from the queue but left for the next commit.
     stash: Option<Request>,
+    /// The commit journal's counters as last published.
+    journal_seen: super::journal::JournalStats,
 }
 
 type WriteRequest = (WriteBatch, oneshot::Sender<Result<WriteOutcome>>);
@@ -79,6 +81,7 @@ impl Writer {
             unflushed,
             removing,
             stash: None,
+            journal_seen: Default::default(),
         };
         w.publish_wal_stats();
         w
@@ -368,6 +371,27 @@ impl Writer {
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("fleet_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("fleet_storage_commits_total").increment(1);
+        self.publish_journal_stats();
+    }
+
+    /// Adds what the commit journal did since the last call to the node's counters (nodes that
+    /// share a process share the series, so these are increments, not absolute values).
+    fn publish_journal_stats(&mut self) {
+        let Some(now) = self
+            .shared
+            .journal
+            .lock()
+            .expect("journal lock")
+            .as_ref()
+            .map(|h| h.get())
+        else {
+            return;
+        };
+        let last = std::mem::replace(&mut self.journal_seen, now);
+        metrics::counter!(crate::metrics::STORAGE_JOURNAL_CHECKPOINTS_TOTAL)
+            .increment(now.checkpoints.saturating_sub(last.checkpoints));
+        metrics::counter!(crate::metrics::STORAGE_JOURNAL_WAITS_TOTAL)
+            .increment(now.waits.saturating_sub(last.waits));
     }
 
     /// The error for requests refused because the store has failed.
