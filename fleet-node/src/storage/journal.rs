@@ -26,6 +26,8 @@
 //!   half's last group. A half is overwritten only once a checkpoint covers all of its groups; if
 //!   the other half is not free yet, the commit waits for that checkpoint (back-pressure, never
 //!   a lost group);
+//! - the journal file is filled with zeros to its full size when it is created, so that groups
+//!   overwrite allocated blocks (a write that extends a file costs an inode write more);
 //! - a group larger than a half is not journaled: the commit syncs the database file instead,
 //!   through a checkpoint it waits for.
 //!
@@ -69,7 +71,7 @@ const GROUP_HEADER_BYTES: usize = 32;
 const HEADER_BYTES: usize = 40;
 const OP_WRITE: u8 = 1;
 const OP_SET_LEN: u8 = 2;
-/// Zeros written per request when the journal grows on its first pass.
+/// Zeros written per request when the journal file is created.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// The write buffer's capacity kept between syncs (a larger burst's buffer is given back).
 const PENDING_KEPT_BYTES_MAX: usize = 1 << 20;
@@ -78,18 +80,16 @@ const PENDING_KEPT_BYTES_MAX: usize = 1 << 20;
 #[derive(Clone, Copy, Debug)]
 pub struct JournalConfig {
     /// The size of each of the two halves. A commit larger than this syncs the database file
-    /// instead; a larger half makes checkpoints rarer and replay on open longer.
+    /// instead; a larger half makes checkpoints rarer and replay on open longer. The journal
+    /// file is filled with zeros to its full size (two halves and a header) when it is created,
+    /// so that every group overwrites allocated blocks: the cheap kind of sync.
     pub half_bytes: u64,
-    /// How far ahead of the write position the journal file is filled with zeros on its first
-    /// pass, so that later groups overwrite allocated blocks (the cheap kind of sync).
-    pub grow_bytes: u64,
 }
 
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             half_bytes: 32 << 20,
-            grow_bytes: 4 << 20,
         }
     }
 }
@@ -108,10 +108,7 @@ impl JournalConfig {
                 ),
             ));
         }
-        Ok(JournalConfig {
-            half_bytes,
-            grow_bytes: self.grow_bytes.max(BLOCK).div_ceil(BLOCK) * BLOCK,
-        })
+        Ok(JournalConfig { half_bytes })
     }
 }
 
@@ -189,11 +186,6 @@ struct Shared<M, L> {
     config: JournalConfig,
     ckpt: Mutex<Checkpoint>,
     ckpt_changed: Condvar,
-    /// The journal file's length: written blocks, data or zeros. Groups are written below it;
-    /// the checkpoint thread fills zeros above it ahead of the write position.
-    allocated: Mutex<u64>,
-    /// The journal file's full length: the header slots and both halves.
-    file_bytes: u64,
 }
 
 /// The checkpoint thread's inputs and outputs.
@@ -206,10 +198,6 @@ struct Checkpoint {
     done: u64,
     /// The number the next header written carries (the newest valid header wins on open).
     header_counter: u64,
-    /// Fill the journal file with zeros up to here (its first pass)...
-    grow_to: u64,
-    /// ...of which this much is done.
-    grown_to: u64,
     /// The first failure; sticky.
     failed: Option<String>,
     shutdown: bool,
@@ -266,16 +254,13 @@ impl<M: StorageBackend, L: StorageBackend> JournaledBackend<M, L> {
                 what: "the journal holds groups but neither header slot is valid".into(),
             });
         }
-        if log_len < HEADER_SLOTS * BLOCK {
-            // Both header slots exist before any group is written after them, so that filling
-            // the gap up to a group never overwrites a header written meanwhile.
-            write_zeros(&log, log_len, HEADER_SLOTS * BLOCK)
-                .map_err(io("initialize the journal"))?;
+        let file_bytes = HEADER_SLOTS * BLOCK + 2 * config.half_bytes;
+        if log_len < file_bytes {
+            // A new (or larger) journal: zeros to its full size, synced with the header below.
+            write_zeros(&log, log_len, file_bytes).map_err(io("fill the journal with zeros"))?;
         }
         write_header(&log, &config, counter, checkpoint).map_err(io("write the journal header"))?;
         log.sync_data().map_err(io("sync the journal header"))?;
-        let allocated = log.len().map_err(io("read the journal's length"))?;
-        let file_bytes = HEADER_SLOTS * BLOCK + 2 * config.half_bytes;
         report.checkpoint_seq = checkpoint;
         let shared = Arc::new(Shared {
             main,
@@ -288,8 +273,6 @@ impl<M: StorageBackend, L: StorageBackend> JournaledBackend<M, L> {
                 ..Checkpoint::default()
             }),
             ckpt_changed: Condvar::new(),
-            allocated: Mutex::new(allocated),
-            file_bytes,
         });
         let state = State {
             pending: Vec::new(),
@@ -364,27 +347,10 @@ impl<M: StorageBackend, L: StorageBackend> JournaledBackend<M, L> {
             st.half_last[other] = 0;
         }
         let at = HEADER_SLOTS * BLOCK + st.half as u64 * half_bytes + st.offset;
-        let end = at + group.len() as u64;
-        let allocated = {
-            // On the first pass the group may run past the zeros the checkpoint thread filled
-            // in: fill any gap before it here (the group itself fills the rest).
-            let mut a = self.shared.lock_allocated();
-            if end > *a {
-                let r = write_zeros(&self.shared.log, *a, at);
-                self.shared.check_io(r)?;
-                *a = end;
-            }
-            *a
-        };
         let r = self.shared.log.write(at, &group);
         self.shared.check_io(r)?;
         let r = self.shared.log.sync_data();
         self.shared.check_io(r)?;
-        let grow = self.shared.config.grow_bytes;
-        if allocated < self.shared.file_bytes && allocated < end + grow / 2 {
-            self.shared
-                .request_growth((end + grow).min(self.shared.file_bytes));
-        }
         st.offset += group.len() as u64;
         st.half_last[st.half] = seq;
         st.next_seq += 1;
@@ -463,34 +429,6 @@ impl<M: StorageBackend, L: StorageBackend> Shared<M, L> {
         self.ckpt.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_allocated(&self) -> MutexGuard<'_, u64> {
-        self.allocated.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn request_growth(&self, to: u64) {
-        let mut c = self.lock_ckpt();
-        if to > c.grow_to {
-            c.grow_to = to;
-            drop(c);
-            self.ckpt_changed.notify_all();
-        }
-    }
-
-    /// Fills the journal file with zeros up to `to`, a chunk at a time (the writer may fill a gap
-    /// meanwhile: each chunk starts where the file's written part ends), then syncs it.
-    fn grow(&self, to: u64) -> io::Result<()> {
-        loop {
-            let mut a = self.lock_allocated();
-            if *a >= to {
-                break;
-            }
-            let end = (*a + ZERO_CHUNK_BYTES as u64).min(to);
-            write_zeros(&self.log, *a, end)?;
-            *a = end;
-        }
-        self.log.sync_data()
-    }
-
     fn check_failed(&self) -> io::Result<()> {
         match &self.lock_ckpt().failed {
             Some(why) => Err(io::Error::other(format!(
@@ -540,15 +478,12 @@ impl<M: StorageBackend, L: StorageBackend> Shared<M, L> {
 }
 
 /// The checkpoint thread: syncs the database file up to the requested sequence number, then
-/// records it in the journal's header; on the journal's first pass, also fills it with zeros
-/// ahead of the writer.
+/// records it in the journal's header.
 fn checkpoint_loop<M: StorageBackend, L: StorageBackend>(shared: &Shared<M, L>) {
     loop {
         let (target, counter) = {
             let mut c = shared.lock_ckpt();
-            while !c.shutdown
-                && (c.failed.is_some() || (c.requested <= c.done && c.grow_to <= c.grown_to))
-            {
+            while !c.shutdown && (c.failed.is_some() || c.requested <= c.done) {
                 c = shared
                     .ckpt_changed
                     .wait(c)
@@ -556,22 +491,6 @@ fn checkpoint_loop<M: StorageBackend, L: StorageBackend>(shared: &Shared<M, L>) 
             }
             if c.shutdown {
                 return;
-            }
-            if c.requested <= c.done {
-                let to = c.grow_to;
-                drop(c);
-                let r = shared.grow(to);
-                let mut c = shared.lock_ckpt();
-                match r {
-                    Ok(()) => c.grown_to = c.grown_to.max(to),
-                    Err(e) => {
-                        tracing::error!(error = %e, "journal growth failed: the store stops");
-                        c.failed.get_or_insert_with(|| e.to_string());
-                    }
-                }
-                drop(c);
-                shared.ckpt_changed.notify_all();
-                continue;
             }
             c.header_counter += 1;
             (c.requested, c.header_counter - 1)
@@ -946,8 +865,7 @@ fn read_header<L: StorageBackend>(log: &L, log_len: u64) -> Result<Option<Header
     Ok(best)
 }
 
-/// Fills `[from, to)` of the journal with zeros (its first pass), so later groups overwrite
-/// allocated blocks.
+/// Fills `[from, to)` of the journal with zeros, so that groups overwrite allocated blocks.
 fn write_zeros<L: StorageBackend>(log: &L, from: u64, to: u64) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = from;
@@ -1078,7 +996,6 @@ mod tests {
     fn small() -> JournalConfig {
         JournalConfig {
             half_bytes: 8 * BLOCK,
-            grow_bytes: 2 * BLOCK,
         }
     }
 

@@ -143,8 +143,9 @@ pub struct StoreConfig {
     /// sequential write and sync per commit instead of syncing the database's scattered pages;
     /// see [`journal`]). Off, redb syncs its own file at every commit.
     pub journal: bool,
-    /// Each of the journal's two halves. A commit larger than this syncs the database file
-    /// instead; a larger half makes the database's syncs rarer and replay on open longer.
+    /// Each of the journal's two halves (the journal file, filled with zeros when it is created,
+    /// takes twice this). A commit larger than this syncs the database file instead; a larger
+    /// half makes the database's syncs rarer and replay on open longer.
     pub journal_half_bytes_max: u64,
 }
 
@@ -560,7 +561,6 @@ impl Store {
         let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
         let jc = journal::JournalConfig {
             half_bytes: config.journal_half_bytes_max,
-            ..journal::JournalConfig::default()
         };
         let (backend, report) =
             journal::JournaledBackend::open(main, log, jc).map_err(|e| match e {
