@@ -20,8 +20,8 @@
 //! | `fleet_apply_lag_entries` | gauge | entries committed but not yet applied, summed over hosted groups |
 //! | `fleet_storage_batch_entries` | histogram | log entries made durable by one storage commit (group commit size) |
 //! | `fleet_storage_fsync_seconds` | histogram | duration of one storage commit, fsync included |
-//! | `fleet_storage_journal_checkpoints_total` | counter | syncs of the database file by the commit journal's checkpoints |
-//! | `fleet_storage_journal_waits_total` | counter | commits that waited for a journal checkpoint (the journal is too small for the write rate, or a commit was larger than half of it) |
+//! | `fleet_storage_journal_restarts_total` | counter | durable database commits after which the commit journal started over |
+//! | `fleet_storage_journal_full_total` | counter | batches that found the commit journal full and synced the database instead (a durable redb commit) |
 //! | `fleet_admin_requests_total{path}` | counter | requests the admin endpoint answered |
 //!
 //! The transport adds its per-peer figures, labelled `peer`, under `fleet_transport_*`
@@ -55,12 +55,12 @@ pub const APPLY_LAG_ENTRIES: &str = "fleet_apply_lag_entries";
 pub const STORAGE_BATCH_ENTRIES: &str = "fleet_storage_batch_entries";
 /// Histogram, seconds: how long one storage commit took, fsync included.
 pub const STORAGE_FSYNC_SECONDS: &str = "fleet_storage_fsync_seconds";
-/// Counter: syncs of the database file by the commit journal's checkpoints.
-pub const STORAGE_JOURNAL_CHECKPOINTS_TOTAL: &str = "fleet_storage_journal_checkpoints_total";
-/// Counter: commits that waited for a journal checkpoint before they could be written (a half of
-/// the journal not yet covered by a checkpoint, or a commit larger than a half). A steady rise
-/// means `journal_half_bytes_max` is too small for the write rate.
-pub const STORAGE_JOURNAL_WAITS_TOTAL: &str = "fleet_storage_journal_waits_total";
+/// Counter: durable database commits after which the commit journal started over.
+pub const STORAGE_JOURNAL_RESTARTS_TOTAL: &str = "fleet_storage_journal_restarts_total";
+/// Counter: batches that found the commit journal full, so their commit synced the database
+/// (about 8 scattered pages, several times a journal record's cost). Many per second mean
+/// `journal_bytes_max` is small for the write rate.
+pub const STORAGE_JOURNAL_FULL_TOTAL: &str = "fleet_storage_journal_full_total";
 /// Counter, labelled `path`: requests the admin endpoint answered.
 pub const ADMIN_REQUESTS_TOTAL: &str = "fleet_admin_requests_total";
 
@@ -132,12 +132,12 @@ pub fn describe_metrics() {
         "Duration of one storage commit, fsync included."
     );
     describe_counter!(
-        STORAGE_JOURNAL_CHECKPOINTS_TOTAL,
-        "Syncs of the database file by the commit journal's checkpoints."
+        STORAGE_JOURNAL_RESTARTS_TOTAL,
+        "Durable database commits after which the commit journal started over."
     );
     describe_counter!(
-        STORAGE_JOURNAL_WAITS_TOTAL,
-        "Commits that waited for a commit journal checkpoint; a steady rise means the journal is too small for the write rate."
+        STORAGE_JOURNAL_FULL_TOTAL,
+        "Batches that found the commit journal full and synced the database instead; many per second mean the journal is small for the write rate."
     );
     describe_counter!(
         ADMIN_REQUESTS_TOTAL,
@@ -163,8 +163,8 @@ mod tests {
             APPLY_LAG_ENTRIES,
             STORAGE_BATCH_ENTRIES,
             STORAGE_FSYNC_SECONDS,
-            STORAGE_JOURNAL_CHECKPOINTS_TOTAL,
-            STORAGE_JOURNAL_WAITS_TOTAL,
+            STORAGE_JOURNAL_RESTARTS_TOTAL,
+            STORAGE_JOURNAL_FULL_TOTAL,
             ADMIN_REQUESTS_TOTAL,
         ];
         for name in names {

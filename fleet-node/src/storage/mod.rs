@@ -139,14 +139,15 @@ pub struct StoreConfig {
     pub verify_snapshots_on_open: bool,
     /// How long the writer waits for work before it checkpoints or erases in the background.
     pub idle_interval: Duration,
-    /// Make redb's durable commits durable through the commit journal (`fleet.journal`: one
-    /// sequential write and sync per commit instead of syncing the database's scattered pages;
-    /// see [`journal`]). Off, redb syncs its own file at every commit.
+    /// Make batch commits durable through the commit journal (`fleet.journal`: one sequential
+    /// write and sync of the batch's record per commit, while redb takes the batch without a
+    /// sync; see [`journal`]). Off, every batch is a durable redb commit.
     pub journal: bool,
-    /// Each of the journal's two halves (the journal file, filled with zeros when it is created,
-    /// takes twice this). A commit larger than this syncs the database file instead; a larger
-    /// half makes the database's syncs rarer and replay on open longer.
-    pub journal_half_bytes_max: u64,
+    /// The journal file's size (filled with zeros when created). When a batch's record does not
+    /// fit in the space left, that batch is a durable redb commit and the journal starts over: a
+    /// larger journal makes those rarer and the replay on open longer. A change applies to an
+    /// existing journal at the next open.
+    pub journal_bytes_max: u64,
 }
 
 impl StoreConfig {
@@ -171,7 +172,7 @@ impl StoreConfig {
             verify_snapshots_on_open: true,
             idle_interval: Duration::from_millis(200),
             journal: true,
-            journal_half_bytes_max: 32 << 20,
+            journal_bytes_max: 64 << 20,
         }
     }
 
@@ -200,10 +201,11 @@ impl StoreConfig {
                 "{name} must be positive"
             )));
         }
-        if self.journal && self.journal_half_bytes_max < 64 << 10 {
+        if self.journal && self.journal_bytes_max < journal::JOURNAL_BYTES_MIN {
             return Err(StorageError::InvalidConfig(format!(
-                "journal_half_bytes_max ({}) must be at least 65536",
-                self.journal_half_bytes_max
+                "journal_bytes_max ({}) must be at least {}",
+                self.journal_bytes_max,
+                journal::JOURNAL_BYTES_MIN
             )));
         }
         if self.wal_bytes_max < 2 * self.commit_bytes_max as u64 {
@@ -448,8 +450,8 @@ pub(crate) struct Shared {
     pub db_path: PathBuf,
     pub groups: RwLock<GroupMap<GroupState>>,
     pub failed: Mutex<Option<String>>,
-    /// The commit journal's counters, when there is one.
-    pub journal: Mutex<Option<journal::JournalStatsHandle>>,
+    /// The commit journal's counters, when there is one (the writer publishes them).
+    pub journal: Mutex<Option<journal::JournalStats>>,
     pub wal_records: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub commits: AtomicU64,
@@ -529,7 +531,7 @@ impl Store {
         config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
         if !config.journal {
-            return recovery::open(config, path.clone(), |b| b.create(&path));
+            return recovery::open(config, path.clone(), |b| b.create(&path), None);
         }
         create_data_dir(&config)?;
         let main = open_file(&path, "open the database")?;
@@ -546,11 +548,11 @@ impl Store {
     ) -> Result<(Store, RecoveryReport)> {
         config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
-        recovery::open(config, path, |b| b.create_with_backend(backend))
+        recovery::open(config, path, |b| b.create_with_backend(backend), None)
     }
 
-    /// Like [`Store::open`], with the database on `main` made durable through the commit journal
-    /// on `log` (tests use it to simulate power loss on both files).
+    /// Like [`Store::open`], with the database on `main` and the commit journal on `log` (tests
+    /// use it to simulate power loss on both files).
     pub fn open_with_journal(
         config: StoreConfig,
         main: impl redb::StorageBackend,
@@ -558,50 +560,17 @@ impl Store {
     ) -> Result<(Store, RecoveryReport)> {
         config.check()?;
         let path = config.data_dir.join(DATABASE_FILE_NAME);
-        let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
-        let jc = journal::JournalConfig {
-            half_bytes: config.journal_half_bytes_max,
-        };
-        let (backend, report) =
-            journal::JournaledBackend::open(main, log, jc).map_err(|e| match e {
-                journal::JournalError::Io { op, source } => StorageError::io(op, &log_path, source),
-                journal::JournalError::Corrupt { what } => StorageError::Corrupt {
-                    path: log_path.clone(),
-                    group: None,
-                    what,
-                },
-                journal::JournalError::UnknownFormatVersion { found, supported } => {
-                    StorageError::UnknownFormatVersion {
-                        path: log_path.clone(),
-                        what: "the commit journal".into(),
-                        found,
-                        supported,
-                    }
-                }
-            })?;
-        if report.groups_replayed > 0 {
-            tracing::info!(
-                groups = report.groups_replayed,
-                bytes = report.bytes_replayed,
-                "storage: commit journal replayed into the database"
-            );
-        }
-        let stats = backend.stats_handle();
-        let (store, mut recovered) =
-            recovery::open(config, path, |b| b.create_with_backend(backend))?;
-        recovered.journal = Some(report);
-        *store.shared.journal.lock().expect("journal lock") = Some(stats);
-        Ok((store, recovered))
+        recovery::open(
+            config,
+            path,
+            |b| b.create_with_backend(main),
+            Some(Box::new(log)),
+        )
     }
 
     /// The commit journal's counters (`None` without a journal).
     pub fn journal_stats(&self) -> Option<journal::JournalStats> {
-        self.shared
-            .journal
-            .lock()
-            .expect("journal lock")
-            .as_ref()
-            .map(|h| h.get())
+        *self.shared.journal.lock().expect("journal lock")
     }
 
     /// Like [`Store::open`], on the same file, with `faults` applied to it (tests of how the

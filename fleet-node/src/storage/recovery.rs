@@ -11,9 +11,10 @@ use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable};
 
 use super::codec::{self, GroupRecord, ReplicaRecord, SegmentRecord, StoreMeta, WalRecord};
 use super::error::{Result, StorageError};
+use super::journal::{JOURNAL_FILE_NAME, Journal, JournalError, JournalReport};
 use super::snapshot::{self, SnapshotReader};
 use super::state::GroupState;
-use super::writer::Writer;
+use super::writer::{JournalBody, Writer, put_registrations};
 use super::{
     GROUP_RECORD_INDEX, GroupMap, META, META_KEY, REMOVING, REPLICAS, SEGMENTS, Shared, Store,
     StoreConfig, WAL,
@@ -56,7 +57,7 @@ pub struct RecoveryReport {
     /// Leftover files removed: temporary snapshot files and snapshots no metadata names.
     pub orphan_files_removed: Vec<PathBuf>,
     /// What the commit journal's open did (`None` without a journal).
-    pub journal: Option<super::journal::JournalReport>,
+    pub journal: Option<JournalReport>,
     /// The time the whole open took (the journal's replay not included).
     pub elapsed: Duration,
 }
@@ -65,6 +66,7 @@ pub(crate) fn open(
     config: StoreConfig,
     db_path: PathBuf,
     make_db: impl FnOnce(&Builder) -> std::result::Result<Database, DatabaseError>,
+    log: Option<Box<dyn redb::StorageBackend>>,
 ) -> Result<(Store, RecoveryReport)> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
@@ -80,6 +82,13 @@ pub(crate) fn open(
         move |e: redb::Error| StorageError::redb(op, &p, e)
     };
     init_tables(&db, &db_path)?;
+    let (journal, journal_report) = match log {
+        Some(log) => {
+            let (j, r) = replay_journal(&db, &db_path, &config, log)?;
+            (Some(j), Some(r))
+        }
+        None => (None, None),
+    };
 
     let txn = db.begin_read().map_err(|e| err("begin a read")(e.into()))?;
     let meta: StoreMeta = {
@@ -199,7 +208,8 @@ pub(crate) fn open(
         commits: AtomicU64::new(0),
         checkpoints: AtomicU64::new(0),
     });
-    let writer = Writer::new(shared.clone(), next_seq, wal, unflushed, removing);
+    report.journal = journal_report;
+    let writer = Writer::new(shared.clone(), next_seq, wal, unflushed, removing, journal);
     report.elapsed = started.elapsed();
     tracing::info!(
         groups = report.groups.len(),
@@ -209,6 +219,120 @@ pub(crate) fn open(
         "storage recovered"
     );
     Ok((Store::start(shared, writer), report))
+}
+
+/// The sequence number of the last batch the database holds durably: what redb returns to
+/// after a crash, so the journal's later records are the ones to apply again.
+fn durable_seq(db: &Database, db_path: &Path) -> Result<u64> {
+    let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
+    let txn = db.begin_read().map_err(|e| err("begin a read")(e.into()))?;
+    let meta = txn
+        .open_table(META)
+        .map_err(|e| err("open the meta table")(e.into()))?;
+    let v = meta
+        .get(META_KEY)
+        .map_err(|e| err("read the store record")(e.into()))?
+        .ok_or_else(|| StorageError::Corrupt {
+            path: db_path.to_path_buf(),
+            group: None,
+            what: "the store record is missing".into(),
+        })?;
+    let meta: StoreMeta = codec::decode(v.value(), db_path, None, || "the store record".into())?;
+    let mut seq = meta.next_seq.saturating_sub(1);
+    let wal = txn
+        .open_table(WAL)
+        .map_err(|e| err("open the wal table")(e.into()))?;
+    if let Some((k, _)) = wal.last().map_err(|e| err("read the wal")(e.into()))? {
+        seq = seq.max(k.value());
+    }
+    // Group records name the batch they are flushed up to (`load_groups` checks them later).
+    let records = txn
+        .open_table(SEGMENTS)
+        .map_err(|e| err("open the segments table")(e.into()))?;
+    let replicas = txn
+        .open_table(REPLICAS)
+        .map_err(|e| err("open the replicas table")(e.into()))?;
+    for row in replicas
+        .iter()
+        .map_err(|e| err("read the registry")(e.into()))?
+    {
+        let (k, _) = row.map_err(|e| err("read the registry")(e.into()))?;
+        let g = GroupId(k.value());
+        if let Some(v) = records
+            .get((g.0, GROUP_RECORD_INDEX))
+            .map_err(|e| err("read a group record")(e.into()))?
+        {
+            let rec: GroupRecord = codec::decode(v.value(), db_path, Some(g), || {
+                format!("group record of group {g}")
+            })?;
+            seq = seq.max(rec.flushed_seq);
+        }
+    }
+    Ok(seq)
+}
+
+/// Opens the commit journal and applies its records after the database's durable point, in one
+/// durable commit; the journal then starts over.
+fn replay_journal(
+    db: &Database,
+    db_path: &Path,
+    config: &StoreConfig,
+    log: Box<dyn redb::StorageBackend>,
+) -> Result<(Journal, JournalReport)> {
+    let log_path = config.data_dir.join(JOURNAL_FILE_NAME);
+    let journal_err = |e: JournalError| match e {
+        JournalError::Io { op, source } => StorageError::io(op, &log_path, source),
+        JournalError::Corrupt { what } => StorageError::Corrupt {
+            path: log_path.clone(),
+            group: None,
+            what,
+        },
+        JournalError::UnknownFormatVersion { found, supported } => {
+            StorageError::UnknownFormatVersion {
+                path: log_path.clone(),
+                what: "the commit journal".into(),
+                found,
+                supported,
+            }
+        }
+    };
+    let durable = durable_seq(db, db_path)?;
+    let (mut journal, records, report) =
+        Journal::open(log, config.journal_bytes_max, durable).map_err(journal_err)?;
+    if !records.is_empty() {
+        let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
+        let txn = db
+            .begin_write()
+            .map_err(|e| err("begin a write")(e.into()))?;
+        {
+            let mut wal = txn
+                .open_table(WAL)
+                .map_err(|e| err("open the wal table")(e.into()))?;
+            for r in &records {
+                let body: JournalBody =
+                    postcard::from_bytes(&r.body).map_err(|e| StorageError::Corrupt {
+                        path: log_path.clone(),
+                        group: None,
+                        what: format!("journal record {} does not decode: {e}", r.seq),
+                    })?;
+                wal.insert(r.seq, body.wal.as_slice())
+                    .map_err(|e| err("write a wal record")(e.into()))?;
+                put_registrations(&txn, &body.registrations, db_path)?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| err("commit the journal's records")(e.into()))?;
+        tracing::info!(
+            records = report.records_replayed,
+            bytes = report.bytes_replayed,
+            durable_seq = report.durable_seq,
+            "storage: commit journal replayed into the database"
+        );
+    }
+    journal.restart(false).map_err(journal_err)?;
+    // The journal file's directory entry is durable before any record counts on it.
+    snapshot::sync_dir(&config.data_dir)?;
+    Ok((journal, report))
 }
 
 fn init_tables(db: &Database, db_path: &Path) -> Result<()> {

@@ -11,8 +11,11 @@ use fleet_core::{Entry, GroupId, HardState, Index, Term};
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
+use serde::{Deserialize, Serialize};
+
 use super::codec::{self, ReplicaRecord, ReplicaState, SegmentRecord, StoreMeta, WalOp, WalRecord};
 use super::error::{Result, StorageError};
+use super::journal::{JOURNAL_FILE_NAME, Journal, JournalStats};
 use super::snapshot;
 use super::state::GroupState;
 use super::{
@@ -34,8 +37,55 @@ pub(crate) struct Writer {
     pub removing: VecDeque<GroupId>,
     /// A request taken from the queue but left for the next commit.
     stash: Option<Request>,
+    /// The commit journal, when batches are made durable through it.
+    journal: Option<Journal>,
     /// The commit journal's counters as last published.
-    journal_seen: super::journal::JournalStats,
+    journal_seen: JournalStats,
+}
+
+/// What a journaled batch commit wrote to redb, as its journal record holds it: recovery
+/// writes exactly this again (`recovery::replay_journal`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JournalBody {
+    /// The `wal` table's record for the batch's sequence number.
+    #[serde(with = "serde_bytes")]
+    pub wal: Vec<u8>,
+    /// New replicas registered by the batch.
+    pub registrations: Vec<Registration>,
+}
+
+/// One new replica's rows: its registry entry and its group record, encoded.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Registration {
+    pub group: u64,
+    #[serde(with = "serde_bytes")]
+    pub replica: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+}
+
+/// Writes registrations into `txn` (a batch commit, a create, or the journal's replay).
+pub(crate) fn put_registrations(
+    txn: &WriteTransaction,
+    regs: &[Registration],
+    db_path: &std::path::Path,
+) -> Result<()> {
+    let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
+    let mut replicas = txn
+        .open_table(REPLICAS)
+        .map_err(|e| err("open the replicas table")(e.into()))?;
+    let mut records = txn
+        .open_table(SEGMENTS)
+        .map_err(|e| err("open the segments table")(e.into()))?;
+    for r in regs {
+        replicas
+            .insert(r.group, r.replica.as_slice())
+            .map_err(|e| err("write a replica record")(e.into()))?;
+        records
+            .insert((r.group, GROUP_RECORD_INDEX), r.record.as_slice())
+            .map_err(|e| err("write a group record")(e.into()))?;
+    }
+    Ok(())
 }
 
 type WriteRequest = (WriteBatch, oneshot::Sender<Result<WriteOutcome>>);
@@ -51,6 +101,19 @@ type Accepted = (
     std::ops::Range<usize>,
     Vec<u64>,
 );
+
+/// The rows that register `created` (the write-ahead table holds everything after
+/// `flushed_seq` for them).
+fn registrations(created: &GroupMap<GroupState>, flushed_seq: u64) -> Vec<Registration> {
+    created
+        .iter()
+        .map(|(g, st)| Registration {
+            group: g.0,
+            replica: codec::encode(&st.replica),
+            record: codec::encode(&st.to_record(flushed_seq)),
+        })
+        .collect()
+}
 
 /// A group's log tip as the writes queued in one commit leave it; validation runs against it.
 #[derive(Clone, Debug)]
@@ -71,6 +134,7 @@ impl Writer {
         wal: BTreeMap<u64, u64>,
         unflushed: BTreeSet<(u64, GroupId)>,
         removing: VecDeque<GroupId>,
+        journal: Option<Journal>,
     ) -> Self {
         let wal_bytes = wal.values().sum();
         let w = Writer {
@@ -81,9 +145,13 @@ impl Writer {
             unflushed,
             removing,
             stash: None,
+            journal,
             journal_seen: Default::default(),
         };
         w.publish_wal_stats();
+        if let Some(j) = &w.journal {
+            *w.shared.journal.lock().expect("journal lock") = Some(j.stats());
+        }
         w
     }
 
@@ -111,7 +179,14 @@ impl Writer {
                 },
             };
             match req {
-                Request::Shutdown => return,
+                Request::Shutdown => {
+                    // A clean close leaves nothing for the next open to replay.
+                    let r = self.guard(|w| w.commit_durably());
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "storage: cannot make the database durable at shutdown");
+                    }
+                    return;
+                }
                 Request::Write { batch, done } => {
                     let reqs = self.gather((batch, done), &rx);
                     self.commit_writes(reqs);
@@ -133,7 +208,7 @@ impl Writer {
                         while !w.wal.is_empty() {
                             w.checkpoint_step(Durability::Immediate)?;
                         }
-                        Ok(())
+                        w.commit_durably()
                     });
                     let _ = done.send(r);
                 }
@@ -293,7 +368,8 @@ impl Writer {
         }
         let record = WalRecord { ops };
         let bytes = codec::encode(&record);
-        let r = self.commit_wal(seq, &bytes, &created);
+        let bytes_len = bytes.len() as u64;
+        let r = self.commit_wal(seq, bytes, &created);
         if let Err(e) = r {
             let e = self.shared.fail(e);
             let reason = e.to_string();
@@ -307,8 +383,8 @@ impl Writer {
             return;
         }
         self.next_seq += 1;
-        self.wal.insert(seq, bytes.len() as u64);
-        self.wal_bytes += bytes.len() as u64;
+        self.wal.insert(seq, bytes_len);
+        self.wal_bytes += bytes_len;
         self.publish_wal_stats();
         let mut old_snapshots = Vec::new();
         let mut outcomes = Vec::with_capacity(accepted.len());
@@ -377,21 +453,43 @@ impl Writer {
     /// Adds what the commit journal did since the last call to the node's counters (nodes that
     /// share a process share the series, so these are increments, not absolute values).
     fn publish_journal_stats(&mut self) {
-        let Some(now) = self
-            .shared
-            .journal
-            .lock()
-            .expect("journal lock")
-            .as_ref()
-            .map(|h| h.get())
-        else {
+        let Some(now) = self.journal.as_ref().map(Journal::stats) else {
             return;
         };
+        *self.shared.journal.lock().expect("journal lock") = Some(now);
         let last = std::mem::replace(&mut self.journal_seen, now);
-        metrics::counter!(crate::metrics::STORAGE_JOURNAL_CHECKPOINTS_TOTAL)
-            .increment(now.checkpoints.saturating_sub(last.checkpoints));
-        metrics::counter!(crate::metrics::STORAGE_JOURNAL_WAITS_TOTAL)
-            .increment(now.waits.saturating_sub(last.waits));
+        metrics::counter!(crate::metrics::STORAGE_JOURNAL_RESTARTS_TOTAL)
+            .increment(now.restarts.saturating_sub(last.restarts));
+        metrics::counter!(crate::metrics::STORAGE_JOURNAL_FULL_TOTAL)
+            .increment(now.full.saturating_sub(last.full));
+    }
+
+    /// After a durable redb commit: nothing in the journal is needed any more.
+    fn durable_commit_done(&mut self, full: bool) -> Result<()> {
+        if let Some(j) = &mut self.journal {
+            let path = self.shared.config.data_dir.join(JOURNAL_FILE_NAME);
+            j.restart(full).map_err(|e| match e {
+                super::journal::JournalError::Io { op, source } => {
+                    StorageError::io(op, &path, source)
+                }
+                other => StorageError::Failed {
+                    reason: other.to_string(),
+                },
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable in the database itself (an empty durable commit when
+    /// the journal holds any), so the journal starts over.
+    fn commit_durably(&mut self) -> Result<()> {
+        if self.journal.as_ref().is_none_or(|j| j.since_restart() == 0) {
+            return Ok(());
+        }
+        let txn = self.begin(Durability::Immediate)?;
+        txn.commit()
+            .map_err(|e| self.shared.redb_err("commit durably", e))?;
+        self.durable_commit_done(false)
     }
 
     /// The error for requests refused because the store has failed.
@@ -421,9 +519,11 @@ impl Writer {
             return Ok(());
         }
         self.check_new(creates.iter().map(|(g, _)| *g), created)?;
-        // A previous life of a group may still be erasing: its segments share the keys.
+        // A previous life of a group may still be erasing: its segments share the keys. The
+        // erasure is durable before the new life's registration (which the journal may replay
+        // over the last durable commit, where the old segments would still be).
         while creates.iter().any(|(g, _)| self.removing.contains(g)) {
-            self.erase_step(Durability::None)?;
+            self.erase_step(Durability::Immediate)?;
         }
         for (group, record) in creates {
             created.insert(group, GroupState::new(record, seq - 1));
@@ -440,21 +540,51 @@ impl Writer {
     }
 
     /// Commits one write-ahead record, and the registrations of the replicas it creates, in one
-    /// durable transaction.
-    fn commit_wal(&self, seq: u64, bytes: &[u8], created: &GroupMap<GroupState>) -> Result<()> {
-        let txn = self.begin(Durability::Immediate)?;
+    /// transaction, made durable by its journal record (or, without a journal or when the record
+    /// does not fit in it, by a durable redb commit).
+    fn commit_wal(
+        &mut self,
+        seq: u64,
+        bytes: Vec<u8>,
+        created: &GroupMap<GroupState>,
+    ) -> Result<()> {
+        let body = JournalBody {
+            wal: bytes,
+            registrations: registrations(created, seq - 1),
+        };
+        let record = self
+            .journal
+            .as_ref()
+            .map(|_| postcard::to_allocvec(&body).expect("a journal record encodes"));
+        let journaled = match (&self.journal, &record) {
+            (Some(j), Some(r)) => j.fits(r.len()),
+            _ => false,
+        };
+        let txn = self.begin(if journaled {
+            Durability::None
+        } else {
+            Durability::Immediate
+        })?;
         {
             let mut wal = txn
                 .open_table(WAL)
                 .map_err(|e| self.shared.redb_err("open the wal table", e))?;
-            wal.insert(seq, bytes)
+            wal.insert(seq, body.wal.as_slice())
                 .map_err(|e| self.shared.redb_err("write a wal record", e))?;
         }
-        if !created.is_empty() {
-            self.write_registrations(&txn, created.iter(), seq - 1)?;
+        if !body.registrations.is_empty() {
+            put_registrations(&txn, &body.registrations, &self.shared.db_path)?;
         }
         txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a batch", e))
+            .map_err(|e| self.shared.redb_err("commit a batch", e))?;
+        match (&mut self.journal, record) {
+            (Some(j), Some(r)) if journaled => j.append(seq, &r).map_err(|e| {
+                let path = self.shared.config.data_dir.join(JOURNAL_FILE_NAME);
+                StorageError::io("write the commit journal", &path, e)
+            }),
+            (Some(_), _) => self.durable_commit_done(true),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses to register a group that exists, is registered earlier in the same commit
@@ -470,34 +600,6 @@ impl Writer {
             if groups.contains_key(&group) || pending.contains_key(&group) || !seen.insert(group) {
                 return Err(StorageError::GroupExists { group });
             }
-        }
-        Ok(())
-    }
-
-    /// Writes new replicas' registry entries and group records (the write-ahead table holds
-    /// everything after `flushed_seq` for them) into `txn`.
-    fn write_registrations<'a>(
-        &self,
-        txn: &WriteTransaction,
-        new: impl Iterator<Item = (&'a GroupId, &'a GroupState)>,
-        flushed_seq: u64,
-    ) -> Result<()> {
-        let mut replicas = txn
-            .open_table(REPLICAS)
-            .map_err(|e| self.shared.redb_err("open the replicas table", e))?;
-        let mut records = txn
-            .open_table(SEGMENTS)
-            .map_err(|e| self.shared.redb_err("open the segments table", e))?;
-        for (group, state) in new {
-            replicas
-                .insert(group.0, codec::encode(&state.replica).as_slice())
-                .map_err(|e| self.shared.redb_err("write a replica record", e))?;
-            records
-                .insert(
-                    (group.0, GROUP_RECORD_INDEX),
-                    codec::encode(&state.to_record(flushed_seq)).as_slice(),
-                )
-                .map_err(|e| self.shared.redb_err("write a group record", e))?;
         }
         Ok(())
     }
@@ -775,11 +877,14 @@ impl Writer {
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit a checkpoint", e))?;
+        if matches!(durability, Durability::Immediate) {
+            self.durable_commit_done(false)?;
+        }
         {
             let mut groups = self.shared.groups.write().expect("groups lock");
             for &(seq, g) in &picked {
                 let st = groups.get_mut(&g).expect("picked group");
-                st.checkpointed(flushed_seq, c.cache_flushed_bytes_max);
+                st.checkpointed(flushed_seq, self.shared.config.cache_flushed_bytes_max);
                 self.unflushed.remove(&(seq, g));
             }
         }
@@ -871,9 +976,14 @@ impl Writer {
         let mut created = GroupMap::default();
         self.admit_creates(new, seq, &mut created)?;
         let txn = self.begin(Durability::Immediate)?;
-        self.write_registrations(&txn, created.iter(), seq - 1)?;
+        put_registrations(
+            &txn,
+            &registrations(&created, seq - 1),
+            &self.shared.db_path,
+        )?;
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit new groups", e))?;
+        self.durable_commit_done(false)?;
         let mut groups = self.shared.groups.write().expect("groups lock");
         self.install_created(created, &mut groups);
         Ok(())
@@ -896,6 +1006,7 @@ impl Writer {
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit a replica state", e))?;
+        self.durable_commit_done(false)?;
         if let Some(st) = self
             .shared
             .groups
@@ -937,6 +1048,7 @@ impl Writer {
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit a group removal", e))?;
+        self.durable_commit_done(false)?;
         self.shared
             .groups
             .write()
@@ -1004,6 +1116,9 @@ impl Writer {
         }
         txn.commit()
             .map_err(|e| self.shared.redb_err("commit an erasure step", e))?;
+        if matches!(durability, Durability::Immediate) {
+            self.durable_commit_done(false)?;
+        }
         if done {
             self.removing.pop_front();
             tracing::debug!(group = group.0, "storage: removed group erased");
