@@ -447,3 +447,30 @@ fn settings_out_of_range_are_refused_by_name() {
         "nothing was created"
     );
 }
+
+/// Batch commits are journal records (not durable redb commits); a clean close makes the
+/// database durable, so the next open replays nothing, and a full journal makes its batch a
+/// durable database commit and starts over.
+#[test]
+fn batches_go_through_the_journal_and_a_clean_close_leaves_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path());
+    config.journal = true;
+    config.journal_bytes_max = 64 << 10;
+    let (store, _) = Store::open(config.clone()).unwrap();
+    create(&store, G1);
+    let before = store.journal_stats().expect("a journal");
+    for i in 0..40u64 {
+        store
+            .write(batch(vec![append(G1, i * 5 + 1, i * 5 + 5, 1)]))
+            .unwrap();
+    }
+    let after = store.journal_stats().expect("a journal");
+    // 15 records fit in 64 KiB after the header; then a batch finds the journal full.
+    assert!(after.records - before.records >= 30, "{after:?}");
+    assert!(after.full - before.full >= 2, "{after:?}");
+    drop(store);
+    let (store, report) = Store::open(config).unwrap();
+    assert_eq!(report.journal.expect("a journal").records_replayed, 0);
+    assert_eq!(store.last_index_term(G1).unwrap(), (200, 1));
+}
