@@ -91,20 +91,7 @@ pub(crate) fn open(
     };
 
     let txn = db.begin_read().map_err(|e| err("begin a read")(e.into()))?;
-    let meta: StoreMeta = {
-        let t = txn
-            .open_table(META)
-            .map_err(|e| err("open the meta table")(e.into()))?;
-        let v = t
-            .get(META_KEY)
-            .map_err(|e| err("read the store record")(e.into()))?;
-        let v = v.ok_or_else(|| StorageError::Corrupt {
-            path: db_path.clone(),
-            group: None,
-            what: "the store record is missing".into(),
-        })?;
-        codec::decode(v.value(), &db_path, None, || "the store record".into())?
-    };
+    let meta = read_store_meta(&txn, &db_path)?;
     let mut states = load_groups(&txn, &db_path)?;
     let mut next_seq = meta.next_seq.max(
         states
@@ -221,15 +208,13 @@ pub(crate) fn open(
     Ok((Store::start(shared, writer), report))
 }
 
-/// The sequence number of the last batch the database holds durably: what redb returns to
-/// after a crash, so the journal's later records are the ones to apply again.
-fn durable_seq(db: &Database, db_path: &Path) -> Result<u64> {
+/// The store record (the next batch number as of the last checkpoint).
+fn read_store_meta(txn: &redb::ReadTransaction, db_path: &Path) -> Result<StoreMeta> {
     let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
-    let txn = db.begin_read().map_err(|e| err("begin a read")(e.into()))?;
-    let meta = txn
+    let t = txn
         .open_table(META)
         .map_err(|e| err("open the meta table")(e.into()))?;
-    let v = meta
+    let v = t
         .get(META_KEY)
         .map_err(|e| err("read the store record")(e.into()))?
         .ok_or_else(|| StorageError::Corrupt {
@@ -237,38 +222,26 @@ fn durable_seq(db: &Database, db_path: &Path) -> Result<u64> {
             group: None,
             what: "the store record is missing".into(),
         })?;
-    let meta: StoreMeta = codec::decode(v.value(), db_path, None, || "the store record".into())?;
-    let mut seq = meta.next_seq.saturating_sub(1);
+    codec::decode(v.value(), db_path, None, || "the store record".into())
+}
+
+/// The sequence number of the last batch the database holds durably: what redb returns to
+/// after a crash, so the journal's later records are the ones to apply again. The store record
+/// and the `wal` table's last key bound it: a group record's `flushed_seq` is written either by a
+/// checkpoint, which writes the store record in the same transaction, or by a registration, in
+/// the transaction of a batch already numbered (its `wal` record, or a checkpoint's store record
+/// after it), so the group records need not be read here.
+fn durable_seq(db: &Database, db_path: &Path) -> Result<u64> {
+    let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
+    let txn = db.begin_read().map_err(|e| err("begin a read")(e.into()))?;
+    let meta = read_store_meta(&txn, db_path)?;
     let wal = txn
         .open_table(WAL)
         .map_err(|e| err("open the wal table")(e.into()))?;
-    if let Some((k, _)) = wal.last().map_err(|e| err("read the wal")(e.into()))? {
-        seq = seq.max(k.value());
-    }
-    // Group records name the batch they are flushed up to (`load_groups` checks them later).
-    let records = txn
-        .open_table(SEGMENTS)
-        .map_err(|e| err("open the segments table")(e.into()))?;
-    let replicas = txn
-        .open_table(REPLICAS)
-        .map_err(|e| err("open the replicas table")(e.into()))?;
-    for row in replicas
-        .iter()
-        .map_err(|e| err("read the registry")(e.into()))?
-    {
-        let (k, _) = row.map_err(|e| err("read the registry")(e.into()))?;
-        let g = GroupId(k.value());
-        if let Some(v) = records
-            .get((g.0, GROUP_RECORD_INDEX))
-            .map_err(|e| err("read a group record")(e.into()))?
-        {
-            let rec: GroupRecord = codec::decode(v.value(), db_path, Some(g), || {
-                format!("group record of group {g}")
-            })?;
-            seq = seq.max(rec.flushed_seq);
-        }
-    }
-    Ok(seq)
+    let last = wal.last().map_err(|e| err("read the wal")(e.into()))?;
+    Ok(last
+        .map_or(0, |(k, _)| k.value())
+        .max(meta.next_seq.saturating_sub(1)))
 }
 
 /// Opens the commit journal and applies its records after the database's durable point, in one
