@@ -282,10 +282,7 @@ impl Journal {
                 break;
             };
             if r.seq > durable_seq {
-                let expected = last
-                    .filter(|&l| l >= durable_seq)
-                    .map_or(durable_seq, |l| l)
-                    + 1;
+                let expected = last.map_or(durable_seq, |l| l.max(durable_seq)) + 1;
                 if r.seq != expected {
                     return Err(JournalError::Corrupt {
                         what: format!(
