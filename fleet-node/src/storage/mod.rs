@@ -53,6 +53,7 @@
 //!   changed within a term) is refused alone with [`StorageError::InvalidWrite`].
 
 mod codec;
+mod direct;
 mod error;
 mod faults;
 pub mod journal;
@@ -536,7 +537,8 @@ impl Store {
         create_data_dir(&config)?;
         let main = open_file(&path, "open the database")?;
         let log_path = config.data_dir.join(journal::JOURNAL_FILE_NAME);
-        let log = open_file(&log_path, "open the commit journal")?;
+        let log = direct::DirectFile::open(&log_path)
+            .map_err(|e| StorageError::io("open the commit journal", &log_path, e))?;
         Store::open_with_journal(config, main, log)
     }
 
