@@ -370,18 +370,21 @@ impl Writer {
         let bytes = codec::encode(&record);
         let bytes_len = bytes.len() as u64;
         let r = self.commit_wal(seq, bytes, &created);
-        if let Err(e) = r {
-            let e = self.shared.fail(e);
-            let reason = e.to_string();
-            let mut first = Some(e);
-            for (done, _, _) in accepted {
-                let err = first.take().unwrap_or_else(|| StorageError::Failed {
-                    reason: reason.clone(),
-                });
-                let _ = done.send(Err(err));
+        let deferred = match r {
+            Ok(d) => d,
+            Err(e) => {
+                let e = self.shared.fail(e);
+                let reason = e.to_string();
+                let mut first = Some(e);
+                for (done, _, _) in accepted {
+                    let err = first.take().unwrap_or_else(|| StorageError::Failed {
+                        reason: reason.clone(),
+                    });
+                    let _ = done.send(Err(err));
+                }
+                return;
             }
-            return;
-        }
+        };
         self.next_seq += 1;
         self.wal.insert(seq, bytes_len);
         self.wal_bytes += bytes_len;
@@ -443,6 +446,14 @@ impl Writer {
         }
         for (done, outcome) in outcomes {
             let _ = done.send(Ok(outcome));
+        }
+        // The batch is durable in the journal: redb takes it now, before anything else the
+        // writer does (a later durable redb commit must include it). A failure here fails the
+        // store; the journal still holds the batch, and the next open writes it again.
+        if let Some(body) = deferred
+            && let Err(e) = self.write_redb(seq, &body, Durability::None)
+        {
+            self.shared.fail(e);
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("fleet_storage_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -542,29 +553,42 @@ impl Writer {
     /// Commits one write-ahead record, and the registrations of the replicas it creates, in one
     /// transaction, made durable by its journal record (or, without a journal or when the record
     /// does not fit in it, by a durable redb commit).
+    /// Makes one batch durable. Through the journal when its record fits: the record is written
+    /// and synced, and the same writes go into redb afterwards, without a sync, once the callers
+    /// have heard (the returned body, for [`Writer::write_redb`]); the redb transaction is CPU
+    /// work that need not delay them, since recovery writes every journal record after redb's
+    /// durable point again. Otherwise (no journal, or a record that does not fit) a durable redb
+    /// commit, and the journal starts over.
     fn commit_wal(
         &mut self,
         seq: u64,
         bytes: Vec<u8>,
         created: &GroupMap<GroupState>,
-    ) -> Result<()> {
+    ) -> Result<Option<JournalBody>> {
         let body = JournalBody {
             wal: bytes,
             registrations: registrations(created, seq - 1),
         };
-        let record = self
-            .journal
-            .as_ref()
-            .map(|_| postcard::to_allocvec(&body).expect("a journal record encodes"));
-        let journaled = match (&self.journal, &record) {
-            (Some(j), Some(r)) => j.fits(r.len()),
-            _ => false,
-        };
-        let txn = self.begin(if journaled {
-            Durability::None
-        } else {
-            Durability::Immediate
-        })?;
+        if let Some(j) = &mut self.journal {
+            let record = postcard::to_allocvec(&body).expect("a journal record encodes");
+            if j.fits(record.len()) {
+                j.append(seq, &record).map_err(|e| {
+                    let path = self.shared.config.data_dir.join(JOURNAL_FILE_NAME);
+                    StorageError::io("write the commit journal", &path, e)
+                })?;
+                return Ok(Some(body));
+            }
+        }
+        self.write_redb(seq, &body, Durability::Immediate)?;
+        if self.journal.is_some() {
+            self.durable_commit_done(true)?;
+        }
+        Ok(None)
+    }
+
+    /// Writes a batch's `wal` record and replica registrations in one redb transaction.
+    fn write_redb(&mut self, seq: u64, body: &JournalBody, durability: Durability) -> Result<()> {
+        let txn = self.begin(durability)?;
         {
             let mut wal = txn
                 .open_table(WAL)
@@ -576,15 +600,7 @@ impl Writer {
             put_registrations(&txn, &body.registrations, &self.shared.db_path)?;
         }
         txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a batch", e))?;
-        match (&mut self.journal, record) {
-            (Some(j), Some(r)) if journaled => j.append(seq, &r).map_err(|e| {
-                let path = self.shared.config.data_dir.join(JOURNAL_FILE_NAME);
-                StorageError::io("write the commit journal", &path, e)
-            }),
-            (Some(_), _) => self.durable_commit_done(true),
-            _ => Ok(()),
-        }
+            .map_err(|e| self.shared.redb_err("commit a batch", e))
     }
 
     /// Refuses to register a group that exists, is registered earlier in the same commit
