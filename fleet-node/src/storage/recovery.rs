@@ -81,10 +81,10 @@ pub(crate) fn open(
         let p = db_path.clone();
         move |e: redb::Error| StorageError::redb(op, &p, e)
     };
-    init_tables(&db, &db_path)?;
+    let new_db = init_tables(&db, &db_path)?;
     let (journal, journal_report) = match log {
         Some(log) => {
-            let (j, r) = replay_journal(&db, &db_path, &config, log)?;
+            let (j, r) = replay_journal(&db, &db_path, &config, log, new_db)?;
             (Some(j), Some(r))
         }
         None => (None, None),
@@ -251,8 +251,22 @@ fn replay_journal(
     db_path: &Path,
     config: &StoreConfig,
     log: Box<dyn redb::StorageBackend>,
+    new_db: bool,
 ) -> Result<(Journal, JournalReport)> {
     let log_path = config.data_dir.join(JOURNAL_FILE_NAME);
+    // The store record is durable before the journal is first written, so a database created by
+    // this open never wrote the journal's records: they belong to another database (one deleted
+    // or replaced beside its journal), and writing them into this one would mix two histories.
+    let foreign = |what: String| StorageError::Corrupt {
+        path: log_path.clone(),
+        group: None,
+        what: format!(
+            "the database {} is new, but the commit journal {what}: it belongs to another \
+             database (was the database file deleted or replaced?). Put that database back, or \
+             move the journal away to start this one empty",
+            db_path.display()
+        ),
+    };
     let journal_err = |e: JournalError| match e {
         JournalError::Io { op, source } => StorageError::io(op, &log_path, source),
         JournalError::Corrupt { what } => StorageError::Corrupt {
@@ -270,8 +284,19 @@ fn replay_journal(
         }
     };
     let durable = durable_seq(db, db_path)?;
-    let (mut journal, records, report) =
-        Journal::open(log, config.journal_bytes_max, durable).map_err(journal_err)?;
+    let (mut journal, records, report) = match Journal::open(log, config.journal_bytes_max, durable)
+    {
+        Err(JournalError::Corrupt { what }) if new_db => {
+            return Err(foreign(format!("cannot be read back ({what})")));
+        }
+        r => r.map_err(journal_err)?,
+    };
+    if new_db && let (Some(first), Some(last)) = (records.first(), records.last()) {
+        return Err(foreign(format!(
+            "holds batches {} to {}",
+            first.seq, last.seq
+        )));
+    }
     if !records.is_empty() {
         let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
         let txn = db
@@ -308,12 +333,14 @@ fn replay_journal(
     Ok((journal, report))
 }
 
-fn init_tables(db: &Database, db_path: &Path) -> Result<()> {
+/// Creates the tables and the store record where missing; true when the store record was
+/// created now (a new database).
+fn init_tables(db: &Database, db_path: &Path) -> Result<bool> {
     let err = |op: &'static str| move |e: redb::Error| StorageError::redb(op, db_path, e);
     let txn = db
         .begin_write()
         .map_err(|e| err("begin a write")(e.into()))?;
-    {
+    let created = {
         txn.open_table(WAL)
             .map_err(|e| err("create the wal table")(e.into()))?;
         txn.open_table(SEGMENTS)
@@ -336,8 +363,11 @@ fn init_tables(db: &Database, db_path: &Path) -> Result<()> {
             )
             .map_err(|e| err("write the store record")(e.into()))?;
         }
-    }
-    txn.commit().map_err(|e| err("commit the tables")(e.into()))
+        !exists
+    };
+    txn.commit()
+        .map_err(|e| err("commit the tables")(e.into()))?;
+    Ok(created)
 }
 
 fn load_groups(txn: &redb::ReadTransaction, db_path: &Path) -> Result<GroupMap<GroupState>> {

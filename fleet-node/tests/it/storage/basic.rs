@@ -474,3 +474,36 @@ fn batches_go_through_the_journal_and_a_clean_close_leaves_nothing_to_replay() {
     assert_eq!(report.journal.expect("a journal").records_replayed, 0);
     assert_eq!(store.last_index_term(G1).unwrap(), (200, 1));
 }
+
+#[test]
+fn a_journal_beside_a_new_database_is_refused_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path());
+    config.journal = true;
+    config.journal_bytes_max = 64 << 10;
+    let (store, _) = Store::open(config.clone()).unwrap();
+    create(&store, G1);
+    for i in 0..5u64 {
+        store
+            .write(batch(vec![append(G1, i * 5 + 1, i * 5 + 5, 1)]))
+            .unwrap();
+    }
+    drop(store);
+    // The database goes (an operator wiping the wrong file); its journal stays. Its records
+    // (batches 1 and on, this database's first pass) would otherwise be written into the new one.
+    std::fs::remove_file(dir.path().join("fleet.redb")).unwrap();
+    let err = Store::open(config.clone()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains("belongs to another database"), "{msg}");
+    assert!(msg.contains("holds batches 1 to"), "{msg}");
+    // Moving the journal away, as the message says, starts an empty store.
+    std::fs::rename(
+        dir.path().join("fleet.journal"),
+        dir.path().join("fleet.journal.old"),
+    )
+    .unwrap();
+    let (store, report) = Store::open(config).unwrap();
+    assert!(report.groups.is_empty());
+    assert!(store.last_index_term(G1).is_err());
+}
