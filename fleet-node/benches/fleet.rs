@@ -352,10 +352,10 @@ fn forward_proposals() -> bool {
     std::env::var("FLEET_BENCH_FORWARD_PROPOSALS").map_or(true, |v| v != "0")
 }
 
-/// `FLEET_BENCH_LOCAL`: clients write only to groups led by their own node (no forwarding), to
-/// see what forwarding costs.
+/// `FLEET_BENCH_LOCAL=1`: clients write only to groups led by their own node (no forwarding), to
+/// see what forwarding costs. Unset, empty or `0`: the normal mix.
 fn local_only() -> bool {
-    std::env::var_os("FLEET_BENCH_LOCAL").is_some()
+    std::env::var("FLEET_BENCH_LOCAL").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The client counts of the write phase: `FLEET_BENCH_CLIENTS` (comma-separated), or 1,16,64,256.
