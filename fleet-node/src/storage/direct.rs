@@ -1,6 +1,5 @@
 //! The commit journal's file: whole aligned blocks are written with `O_DIRECT`, everything else
-//! (reads at open, the length, locks, `fdatasync`) goes through redb's ordinary file backend on
-//! the same file.
+//! (reads at open, the length, `fdatasync`) goes through the same file opened as usual.
 //!
 //! Why: the journal is written once per batch and read only at open, so the page cache gains it
 //! nothing, and its writeback is most of a sync's cost. Measured on the 2-core VM
@@ -17,13 +16,11 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::ops::Bound;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
 use redb::StorageBackend;
-use redb::backends::FileBackend;
 
 /// The alignment of a direct write's offset, length and memory (the journal's block).
 const ALIGN: usize = 4096;
@@ -34,7 +31,8 @@ const BUFFER_KEPT_BYTES_MAX: usize = (1 << 20) + ALIGN;
 
 /// A file written in aligned blocks with `O_DIRECT` when it can be.
 pub(crate) struct DirectFile {
-    file: FileBackend,
+    /// The file as usual, through the page cache.
+    file: File,
     direct: Mutex<Direct>,
 }
 
@@ -62,7 +60,6 @@ impl DirectFile {
             .create(true)
             .truncate(false)
             .open(path)?;
-        let file = FileBackend::new(file).map_err(io::Error::other)?;
         let direct = match std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
@@ -125,13 +122,15 @@ impl Direct {
     }
 }
 
+/// Only what the journal uses: no range locks (the database's lock, taken before the journal is
+/// read, keeps a second process out of the data directory).
 impl StorageBackend for DirectFile {
     fn len(&self) -> io::Result<u64> {
-        self.file.len()
+        Ok(self.file.metadata()?.len())
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.file.read(offset, out)
+        self.file.read_exact_at(out, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -146,53 +145,13 @@ impl StorageBackend for DirectFile {
         let direct = self.direct.lock().expect("direct lock").write(offset, data);
         match direct {
             Some(r) => r,
-            None => self.file.write(offset, data),
+            None => self.file.write_all_at(data, offset),
         }
     }
 
     fn close(&self) -> io::Result<()> {
         self.direct.lock().expect("direct lock").file = None;
-        self.file.close()
-    }
-
-    fn try_lock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.file.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.file.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.file.lock_range(start, end)
-    }
-
-    fn lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.file.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.file.unlock_range(start, end)
-    }
-
-    fn query_lock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.file.query_lock_range(start, end)
+        Ok(())
     }
 }
 
