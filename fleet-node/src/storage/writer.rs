@@ -550,15 +550,13 @@ impl Writer {
         }
     }
 
-    /// Commits one write-ahead record, and the registrations of the replicas it creates, in one
-    /// transaction, made durable by its journal record (or, without a journal or when the record
-    /// does not fit in it, by a durable redb commit).
-    /// Makes one batch durable. Through the journal when its record fits: the record is written
-    /// and synced, and the same writes go into redb afterwards, without a sync, once the callers
-    /// have heard (the returned body, for [`Writer::write_redb`]); the redb transaction is CPU
-    /// work that need not delay them, since recovery writes every journal record after redb's
-    /// durable point again. Otherwise (no journal, or a record that does not fit) a durable redb
-    /// commit, and the journal starts over.
+    /// Makes one batch durable: its write-ahead record and the registrations of the replicas it
+    /// creates. Through the journal when its record fits: the record is written and synced, and
+    /// the same writes go into redb afterwards, without a sync, once the callers have heard (the
+    /// returned body, for [`Writer::write_redb`]); the redb transaction is CPU work that need not
+    /// delay them, since recovery writes every journal record after redb's durable point again.
+    /// Otherwise (no journal, or a record that does not fit) a durable redb commit, and the
+    /// journal starts over.
     fn commit_wal(
         &mut self,
         seq: u64,
@@ -587,7 +585,7 @@ impl Writer {
     }
 
     /// Writes a batch's `wal` record and replica registrations in one redb transaction.
-    fn write_redb(&mut self, seq: u64, body: &JournalBody, durability: Durability) -> Result<()> {
+    fn write_redb(&self, seq: u64, body: &JournalBody, durability: Durability) -> Result<()> {
         let txn = self.begin(durability)?;
         {
             let mut wal = txn
