@@ -184,5 +184,29 @@ mod tests {
             std::fs::read(&path).expect("file")[ALIGN..2 * ALIGN],
             other[..]
         );
+        // Where this directory takes O_DIRECT writes, the blocks above went direct (no silent
+        // fallback); elsewhere (tmpfs) the test checked the page-cache path.
+        if direct_writes_work(dir.path()) {
+            assert!(
+                f.is_direct(),
+                "an aligned write fell back to the page cache"
+            );
+        }
+    }
+
+    /// Whether a 4 KiB-aligned `O_DIRECT` write succeeds in `dir`, tried on a file of its own.
+    fn direct_writes_work(dir: &Path) -> bool {
+        let Ok(probe) = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("probe"))
+        else {
+            return false;
+        };
+        let buf = vec![0u8; 2 * ALIGN];
+        let start = buf.as_ptr().align_offset(ALIGN);
+        probe.write_all_at(&buf[start..start + ALIGN], 0).is_ok()
     }
 }
