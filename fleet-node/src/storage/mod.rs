@@ -400,6 +400,9 @@ pub struct StoreStats {
     pub commits: u64,
     /// Checkpoint steps since open.
     pub checkpoints: u64,
+    /// Journaled batches whose redb writes waited while a later request's journal record went
+    /// first (they joined a later redb transaction), since open.
+    pub batches_deferred: u64,
     /// Entry bytes held in the caches.
     pub cache_bytes: u64,
 }
@@ -457,6 +460,7 @@ pub(crate) struct Shared {
     pub wal_bytes: AtomicU64,
     pub commits: AtomicU64,
     pub checkpoints: AtomicU64,
+    pub batches_deferred: AtomicU64,
 }
 
 impl Shared {
@@ -772,6 +776,7 @@ impl Store {
             wal_bytes: self.shared.wal_bytes.load(Ordering::Relaxed),
             commits: self.shared.commits.load(Ordering::Relaxed),
             checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
+            batches_deferred: self.shared.batches_deferred.load(Ordering::Relaxed),
             cache_bytes: groups.values().map(|g| g.cache_bytes as u64).sum(),
         }
     }

@@ -194,6 +194,7 @@ pub(crate) fn open(
         wal_bytes: AtomicU64::new(0),
         commits: AtomicU64::new(0),
         checkpoints: AtomicU64::new(0),
+        batches_deferred: AtomicU64::new(0),
     });
     report.journal = journal_report;
     let writer = Writer::new(shared.clone(), next_seq, wal, unflushed, removing, journal);

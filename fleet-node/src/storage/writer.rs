@@ -41,7 +41,22 @@ pub(crate) struct Writer {
     journal: Option<Journal>,
     /// The commit journal's counters as last published.
     journal_seen: JournalStats,
+    /// Journaled batches whose redb writes wait for the next transaction (oldest first), with
+    /// the bytes they hold: while more batches wait in the queue, their journal records go
+    /// first, and one redb transaction takes several batches (see [`DEFERRED_BATCHES_MAX`]).
+    deferred: Vec<(u64, JournalBody)>,
+    deferred_bytes: usize,
+    /// How many of `deferred` are counted in `Shared::batches_deferred` already.
+    deferred_counted: usize,
 }
+
+/// At most this many journaled batches wait for their redb transaction. The writer takes a
+/// batch's writes into redb once the queue is empty, or when the next transaction of any kind
+/// begins (every transaction writes the waiting batches first, in order, so redb always holds
+/// a prefix of the batches), or when this bound or [`DEFERRED_BYTES_MAX`] is reached.
+pub(crate) const DEFERRED_BATCHES_MAX: usize = 4;
+/// At most this many bytes of journaled batches' records wait for their redb transaction.
+pub(crate) const DEFERRED_BYTES_MAX: usize = 8 << 20;
 
 /// What a journaled batch commit wrote to redb, as its journal record holds it: recovery
 /// writes exactly this again (`recovery::replay_journal`).
@@ -147,6 +162,9 @@ impl Writer {
             stash: None,
             journal,
             journal_seen: Default::default(),
+            deferred: Vec::new(),
+            deferred_bytes: 0,
+            deferred_counted: 0,
         };
         w.publish_wal_stats();
         if let Some(j) = &w.journal {
@@ -211,6 +229,27 @@ impl Writer {
                         w.commit_durably()
                     });
                     let _ = done.send(r);
+                }
+            }
+            if !self.deferred.is_empty() {
+                // While more requests wait, their journal records go first; the batches'
+                // redb writes follow together once the queue is empty (or the bound is hit).
+                if self.stash.is_none()
+                    && let Ok(next) = rx.try_recv()
+                {
+                    self.stash = Some(next);
+                }
+                if self.stash.is_none()
+                    || self.deferred.len() >= DEFERRED_BATCHES_MAX
+                    || self.deferred_bytes >= DEFERRED_BYTES_MAX
+                {
+                    self.write_deferred();
+                } else {
+                    let new = self.deferred.len() - self.deferred_counted;
+                    self.deferred_counted = self.deferred.len();
+                    self.shared
+                        .batches_deferred
+                        .fetch_add(new as u64, Ordering::Relaxed);
                 }
             }
             self.background(false);
@@ -447,13 +486,11 @@ impl Writer {
         for (done, outcome) in outcomes {
             let _ = done.send(Ok(outcome));
         }
-        // The batch is durable in the journal: redb takes it now, before anything else the
-        // writer does (a later durable redb commit must include it). A failure here fails the
-        // store; the journal still holds the batch, and the next open writes it again.
-        if let Some(body) = deferred
-            && let Err(e) = self.write_redb(seq, &body, Durability::None)
-        {
-            self.shared.fail(e);
+        // The batch is durable in the journal: redb takes it with the next transaction, which
+        // writes the waiting batches first (so a later durable redb commit includes it).
+        if let Some(body) = deferred {
+            self.deferred_bytes += body.wal.len();
+            self.deferred.push((seq, body));
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("fleet_storage_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -498,8 +535,7 @@ impl Writer {
             return Ok(());
         }
         let txn = self.begin(Durability::Immediate)?;
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit durably", e))?;
+        self.commit_txn(txn, "commit durably")?;
         self.durable_commit_done(false)
     }
 
@@ -584,9 +620,16 @@ impl Writer {
         Ok(None)
     }
 
-    /// Writes a batch's `wal` record and replica registrations in one redb transaction.
-    fn write_redb(&self, seq: u64, body: &JournalBody, durability: Durability) -> Result<()> {
+    /// Writes a batch's `wal` record and replica registrations in one redb transaction (after
+    /// the waiting journaled batches, which it takes along).
+    fn write_redb(&mut self, seq: u64, body: &JournalBody, durability: Durability) -> Result<()> {
         let txn = self.begin(durability)?;
+        self.put_batch(&txn, seq, body)?;
+        self.commit_txn(txn, "commit a batch")
+    }
+
+    /// Writes one batch's `wal` record and replica registrations into `txn`.
+    fn put_batch(&self, txn: &WriteTransaction, seq: u64, body: &JournalBody) -> Result<()> {
         {
             let mut wal = txn
                 .open_table(WAL)
@@ -595,10 +638,32 @@ impl Writer {
                 .map_err(|e| self.shared.redb_err("write a wal record", e))?;
         }
         if !body.registrations.is_empty() {
-            put_registrations(&txn, &body.registrations, &self.shared.db_path)?;
+            put_registrations(txn, &body.registrations, &self.shared.db_path)?;
         }
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a batch", e))
+        Ok(())
+    }
+
+    /// Takes the waiting journaled batches into redb now, in one transaction without a sync. A
+    /// failure fails the store: the journal still holds the batches, and the next open writes
+    /// them again.
+    fn write_deferred(&mut self) {
+        let r = self.guard(|w| {
+            let txn = w.begin(Durability::None)?;
+            w.commit_txn(txn, "commit batches")
+        });
+        if let Err(e) = r {
+            self.shared.fail(e);
+        }
+    }
+
+    /// Commits `txn`, which [`Writer::begin`] gave the waiting journaled batches: they are in
+    /// redb now, and no later transaction writes them again.
+    fn commit_txn(&mut self, txn: WriteTransaction, op: &'static str) -> Result<()> {
+        txn.commit().map_err(|e| self.shared.redb_err(op, e))?;
+        self.deferred.clear();
+        self.deferred_bytes = 0;
+        self.deferred_counted = 0;
+        Ok(())
     }
 
     /// Refuses to register a group that exists, is registered earlier in the same commit
@@ -626,6 +691,13 @@ impl Writer {
             .map_err(|e| self.shared.redb_err("begin a write", e))?;
         txn.set_durability(durability)
             .map_err(|e| self.shared.redb_err("set durability", e))?;
+        // Journaled batches still waiting for redb come first, in order, in every transaction:
+        // redb then always holds a prefix of the batches, and a durable commit makes all of
+        // them durable before the journal starts over. They stay listed until a transaction
+        // that holds them commits (`commit_txn`), so an aborted one loses nothing.
+        for (seq, body) in &self.deferred {
+            self.put_batch(&txn, *seq, body)?;
+        }
         Ok(txn)
     }
 
@@ -889,8 +961,7 @@ impl Writer {
             )
             .map_err(|e| self.shared.redb_err("write the store record", e))?;
         }
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a checkpoint", e))?;
+        self.commit_txn(txn, "commit a checkpoint")?;
         if matches!(durability, Durability::Immediate) {
             self.durable_commit_done(false)?;
         }
@@ -995,8 +1066,7 @@ impl Writer {
             &registrations(&created, seq - 1),
             &self.shared.db_path,
         )?;
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit new groups", e))?;
+        self.commit_txn(txn, "commit new groups")?;
         self.durable_commit_done(false)?;
         let mut groups = self.shared.groups.write().expect("groups lock");
         self.install_created(created, &mut groups);
@@ -1018,8 +1088,7 @@ impl Writer {
                 .insert(group.0, codec::encode(&record).as_slice())
                 .map_err(|e| self.shared.redb_err("write a replica record", e))?;
         }
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a replica state", e))?;
+        self.commit_txn(txn, "commit a replica state")?;
         self.durable_commit_done(false)?;
         if let Some(st) = self
             .shared
@@ -1060,8 +1129,7 @@ impl Writer {
                 .insert(group.0, ())
                 .map_err(|e| self.shared.redb_err("record a removal", e))?;
         }
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit a group removal", e))?;
+        self.commit_txn(txn, "commit a group removal")?;
         self.durable_commit_done(false)?;
         self.shared
             .groups
@@ -1128,8 +1196,7 @@ impl Writer {
                     .map_err(|e| self.shared.redb_err("finish a removal", e))?;
             }
         }
-        txn.commit()
-            .map_err(|e| self.shared.redb_err("commit an erasure step", e))?;
+        self.commit_txn(txn, "commit an erasure step")?;
         if matches!(durability, Durability::Immediate) {
             self.durable_commit_done(false)?;
         }

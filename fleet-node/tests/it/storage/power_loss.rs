@@ -47,6 +47,8 @@ struct Outcome {
     journal_full: u64,
     /// Journal records the reopen applied to the database again.
     journal_replayed: u64,
+    /// Journaled batches whose redb writes waited behind a later journal record.
+    deferred: u64,
 }
 
 /// How the store under test reaches the disk.
@@ -143,6 +145,7 @@ fn crash_point(seed: u64, ack_on_submit: bool, files: Files) -> Result<Outcome, 
     }
     let keep = rng.next_u64() % 101;
     let checkpoints = store.stats().checkpoints;
+    let deferred = store.stats().batches_deferred;
     let journal_full = store.journal_stats().map_or(0, |j| j.full);
     let image = backend.crash(&mut rng, keep);
     let journal_image = journal.crash(&mut rng, keep);
@@ -163,6 +166,7 @@ fn crash_point(seed: u64, ack_on_submit: bool, files: Files) -> Result<Outcome, 
                     checkpoints,
                     journal_full,
                     journal_replayed,
+                    deferred,
                 });
             }
             Err(e) => last_err = e,
@@ -208,12 +212,13 @@ fn survives_500_crash_points(files: Files) {
     let checkpointed = outcomes.iter().filter(|o| o.checkpoints > 0).count();
     let journal_full = outcomes.iter().filter(|o| o.journal_full > 0).count();
     let journal_replayed = outcomes.iter().filter(|o| o.journal_replayed > 0).count();
+    let deferred = outcomes.iter().filter(|o| o.deferred > 0).count();
     eprintln!(
-        "500 crash points ({files:?}): {in_flight_lost} lost unacknowledged batches, {in_flight_kept} kept some, {checkpointed} crashed after checkpoints, {journal_full} after the journal filled, {journal_replayed} replayed journal records"
+        "500 crash points ({files:?}): {in_flight_lost} lost unacknowledged batches, {in_flight_kept} kept some, {checkpointed} crashed after checkpoints, {journal_full} after the journal filled, {journal_replayed} replayed journal records, {deferred} deferred batches' redb writes behind later journal records"
     );
     assert!(in_flight_lost > 50 && in_flight_kept > 20 && checkpointed > 100);
     if files == Files::Journal {
-        assert!(journal_full > 100 && journal_replayed > 200);
+        assert!(journal_full > 100 && journal_replayed > 200 && deferred > 100);
     }
 }
 
