@@ -5,8 +5,10 @@
 //! Nodes n1 and n2 run in this process (the clients call them); n3 is a separate `fleet-node run`
 //! process, killed with SIGKILL for the failover.
 //!
-//! Run: `cargo bench -p fleet-node --bench fleet` (about a minute). Prints a table, then one JSON
-//! line. Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000),
+//! Run: `cargo bench -p fleet-node --bench fleet` (about a minute and a half). Prints a table,
+//! then one JSON line. The write rows run `FLEET_BENCH_ROUNDS` times (default 3), the client
+//! counts interleaved, and each row shows its median run (the JSON line lists every run's
+//! writes/s). Set `FLEET_BENCH_GROUPS` to change the number of groups (default 1,000),
 //! `FLEET_BENCH_CLIENTS` (say `64` or `1,256`) to choose the write rows, `FLEET_BENCH_WORKERS`
 //! the workers per node, `FLEET_BENCH_NODE_BIN` another build of `fleet-node` to run as n3,
 //! `FLEET_BENCH_LOCAL=1` to have each client write only to the groups its own node leads (no
@@ -235,6 +237,7 @@ fn counter(name: &str) -> f64 {
 /// each) and frames sent; over all three nodes and the clients (both processes): CPU time,
 /// context switches and UDP datagrams. The last two do not depend on how fast the machine is
 /// at the moment, so they compare builds even when the shared machine's speed drifts.
+#[derive(Clone)]
 struct Costs {
     commits: f64,
     frames: f64,
@@ -245,13 +248,20 @@ struct Costs {
     commit_ms: f64,
 }
 
+/// One write row: writes/s, p50 and p99 latency (ms), and the costs per write.
+type Row = (f64, f64, f64, Costs);
+
+/// Rounds of the write rows (`FLEET_BENCH_ROUNDS`, default 3, at least 1).
+fn rounds() -> usize {
+    std::env::var("FLEET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
 /// Writes over the first `min(WRITE_GROUPS, groups)` groups.
-async fn writes(
-    nodes: &[Node],
-    child: &str,
-    clients: usize,
-    groups: usize,
-) -> (f64, f64, f64, Costs) {
+async fn writes(nodes: &[Node], child: &str, clients: usize, groups: usize) -> Row {
     let write_groups = WRITE_GROUPS.min(groups).max(1);
     let cpu0 = cpu_seconds("self") + cpu_seconds(child);
     let switches0 = context_switches("self") + context_switches(child);
@@ -443,10 +453,25 @@ fn main() {
         let create_s = started.elapsed().as_secs_f64();
         let create_rate = groups as f64 / create_s;
 
-        let mut write_rows = Vec::new();
-        for clients in client_counts() {
-            write_rows.push((clients, writes(&nodes, &n3.pid(), clients, groups).await));
+        // Each client count runs `rounds()` times, the counts interleaved (the shared machine's
+        // speed drifts); the table shows the run with the median writes/s.
+        let counts = client_counts();
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); counts.len()];
+        for _ in 0..rounds() {
+            for (i, &clients) in counts.iter().enumerate() {
+                runs[i].push(writes(&nodes, &n3.pid(), clients, groups).await);
+            }
         }
+        let write_rows: Vec<(usize, Row, Vec<f64>)> = counts
+            .iter()
+            .zip(runs)
+            .map(|(&clients, mut runs)| {
+                let all: Vec<f64> = runs.iter().map(|r| r.0).collect();
+                runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let median = runs.swap_remove(runs.len() / 2);
+                (clients, median, all)
+            })
+            .collect();
 
         // Idle: every group quiesces and the storage writers finish moving the write phase's
         // log into segments (background checkpoints); then measure the CPU of both processes.
@@ -501,16 +526,18 @@ fn main() {
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
-            "{:<9}{:>10}{:>8}{:>8}{:>16}{:>11}{:>10}{:>10}{:>10}{:>10}{:>8}",
-            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "commit ms", "frames/w", "CPU µs/w", "ctx sw/w", "UDP /w", "x etcd"
+            "{:<9}{:>10}{:>8}{:>8}{:>16}{:>11}{:>10}{:>10}{:>10}{:>10}{:>8}  {}",
+            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "commit ms", "frames/w", "CPU µs/w", "ctx sw/w", "UDP /w", "x etcd", "writes/s of every run"
         );
-        for (c, (ops, p50, p99, costs)) in &write_rows {
+        for (c, (ops, p50, p99, costs), all) in &write_rows {
             let vs_etcd = etcd_writes_per_s(*c).map_or("-".to_string(), |e| format!("{:.2}", ops / e));
+            let all: Vec<String> = all.iter().map(|w| format!("{w:.0}")).collect();
             println!(
-                "{c:<9}{ops:>10.0}{p50:>8.2}{p99:>8.2}{:>16.2}{:>11.2}{:>10.2}{:>10.0}{:>10.1}{:>10.2}{vs_etcd:>8}",
-                costs.commits, costs.commit_ms, costs.frames, costs.cpu_us, costs.switches, costs.datagrams
+                "{c:<9}{ops:>10.0}{p50:>8.2}{p99:>8.2}{:>16.2}{:>11.2}{:>10.2}{:>10.0}{:>10.1}{:>10.2}{vs_etcd:>8}  {}",
+                costs.commits, costs.commit_ms, costs.frames, costs.cpu_us, costs.switches, costs.datagrams, all.join(" / ")
             );
         }
+        println!("(each row: the run with the median writes/s of {} rounds, the client counts interleaved)", rounds());
         println!("(commit ms: mean time from a worker handing a batch to storage until it is durable, fsync included, on n1 and n2)");
         println!("(CPU µs/w, ctx sw/w: CPU time and context switches of both processes, all three nodes and the clients, per write; UDP /w: datagrams sent on the machine per write)");
         println!("(x etcd: writes/s over a 3-member etcd 3.4 cluster's on this machine, as the issue gives them: 1,360 at 1 client, 7,400 at 64, 11,700 at 256; targets 3x at 64 and 256)");
@@ -529,7 +556,7 @@ fn main() {
         );
         let writes_json: Vec<String> = write_rows
             .iter()
-            .map(|(c, (ops, p50, p99, costs))| format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_commit_ms\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.commit_ms, costs.frames, costs.cpu_us, costs.switches, costs.datagrams))
+            .map(|(c, (ops, p50, p99, costs), all)| { let runs = all.iter().map(|w| format!("{w:.0}")).collect::<Vec<_>>().join(","); format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"ops_per_s_runs\":[{runs}],\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_commit_ms\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.commit_ms, costs.frames, costs.cpu_us, costs.switches, costs.datagrams) })
             .collect();
         println!(
             "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"forward_proposals\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
