@@ -526,8 +526,8 @@ fn main() {
         println!("{:<52}{:>14}", "groups of 3 replicas", groups);
         println!("{:<52}{:>14.0}", "group creation, durable, groups/s", create_rate);
         println!(
-            "{:<9}{:>10}{:>8}{:>8}{:>16}{:>11}{:>10}{:>10}{:>10}{:>10}{:>8}  {}",
-            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "commit ms", "frames/w", "CPU µs/w", "ctx sw/w", "UDP /w", "x etcd", "writes/s of every run"
+            "{:<9}{:>10}{:>8}{:>8}{:>16}{:>11}{:>10}{:>10}{:>10}{:>10}{:>8}  writes/s of every run",
+            "clients", "writes/s", "p50 ms", "p99 ms", "n1+n2 fsyncs/w", "commit ms", "frames/w", "CPU µs/w", "ctx sw/w", "UDP /w", "x etcd"
         );
         for (c, (ops, p50, p99, costs), all) in &write_rows {
             let vs_etcd = etcd_writes_per_s(*c).map_or("-".to_string(), |e| format!("{:.2}", ops / e));
