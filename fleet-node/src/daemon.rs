@@ -24,6 +24,8 @@
 //! | `--quiesce-after` | `FLEET_QUIESCE_AFTER` | `quiesce_after` | `200ms` (`0s`: never) |
 //! | `--request-timeout` | `FLEET_REQUEST_TIMEOUT` | `request_timeout` | `10s` |
 //! | `--workers` | `FLEET_WORKERS` | `workers` | one per two cores, 1 to 4 |
+//! | `--cache-mib` | `FLEET_CACHE_MIB` | `cache_mib` | `64` (redb's page cache, MiB) |
+//! | `--wal-max-mib` | `FLEET_WAL_MAX_MIB` | `wal_max_mib` | `128` (write-ahead bound, MiB, at least 32) |
 //!
 //! The Raft timings are whole ticks: a duration is rounded up to the next multiple of `tick`.
 //! The election timeout is the lower end of the randomized timeout (drawn in `[t, 2t)`), and must
@@ -54,6 +56,11 @@ use tracing::{info, warn};
 use crate::admin::AdminServer;
 use crate::runtime::{Fleet, FleetError, Settings};
 use crate::transport::{IdentityKind, Tls};
+
+/// The largest `--cache-mib` and `--wal-max-mib`: 1 TiB.
+const MIB_MAX: u64 = 1 << 20;
+/// The smallest `--wal-max-mib`: the store's bound must hold two full commits (16 MiB each).
+const WAL_MAX_MIB_MIN: u64 = 32;
 
 /// The admin endpoint's address when none is given: loopback only.
 pub const ADMIN_ADDR_DEFAULT: SocketAddr =
@@ -135,6 +142,13 @@ pub struct RunArgs {
     /// Worker tasks driving the node's groups, 1 to 64 [default: one per two cores, 1 to 4].
     #[arg(long, env = "FLEET_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
+    /// redb's page cache, MiB: most of what storage adds to the node's memory [default: 64].
+    #[arg(long, env = "FLEET_CACHE_MIB", value_name = "MIB")]
+    pub cache_mib: Option<u64>,
+    /// The storage write-ahead bound, MiB, at least 32: bounds recovery time and the entries
+    /// held in memory until a checkpoint [default: 128].
+    #[arg(long, env = "FLEET_WAL_MAX_MIB", value_name = "MIB")]
+    pub wal_max_mib: Option<u64>,
     /// Print the effective configuration as TOML (usable as --config) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -216,6 +230,12 @@ pub struct FileConfig {
     /// See [`RunArgs::workers`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// See [`RunArgs::cache_mib`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mib: Option<u64>,
+    /// See [`RunArgs::wal_max_mib`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_max_mib: Option<u64>,
 }
 
 /// `Option<Duration>` as a human string in TOML.
@@ -463,10 +483,31 @@ impl RunArgs {
                 crate::runtime::WORKERS_MAX
             )));
         }
+        let cache_mib = self
+            .cache_mib
+            .or(file.cache_mib)
+            .unwrap_or(defaults.storage_cache_bytes as u64 >> 20);
+        if cache_mib == 0 || cache_mib > MIB_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "--cache-mib is {cache_mib}; give from 1 to {MIB_MAX}"
+            )));
+        }
+        let wal_max_mib = self
+            .wal_max_mib
+            .or(file.wal_max_mib)
+            .unwrap_or(defaults.storage_wal_bytes_max >> 20);
+        if !(WAL_MAX_MIB_MIN..=MIB_MAX).contains(&wal_max_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "--wal-max-mib is {wal_max_mib}; give from {WAL_MAX_MIB_MIN} (two full storage \
+                 commits) to {MIB_MAX}"
+            )));
+        }
         Ok(Settings {
             tick,
             election_timeout_ticks,
             workers,
+            storage_cache_bytes: (cache_mib << 20) as usize,
+            storage_wal_bytes_max: wal_max_mib << 20,
             heartbeat_interval_ticks,
             quiesce_after_ticks: ticks("quiesce after", quiesce, tick)?,
             request_timeout,
@@ -495,6 +536,8 @@ impl DaemonConfig {
             quiesce_after: Some(s.tick * s.quiesce_after_ticks),
             request_timeout: Some(s.request_timeout),
             workers: Some(s.workers),
+            cache_mib: Some(s.storage_cache_bytes as u64 >> 20),
+            wal_max_mib: Some(s.storage_wal_bytes_max >> 20),
         }
     }
 }

@@ -405,7 +405,9 @@ impl Driver {
         controls: Vec<mpsc::UnboundedReceiver<Control>>,
         faults: Option<Arc<crate::storage::StorageFaults>>,
     ) -> Result<(Vec<Driver>, Arc<Store>), FleetError> {
-        let config = StoreConfig::new(&data_dir);
+        let mut config = StoreConfig::new(&data_dir);
+        config.redb_cache_bytes = settings.storage_cache_bytes;
+        config.wal_bytes_max = settings.storage_wal_bytes_max;
         let (store, report) = match faults {
             Some(faults) => Store::open_with_faults(config, faults)?,
             None => Store::open(config)?,

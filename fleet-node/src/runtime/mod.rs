@@ -89,6 +89,13 @@ pub struct Settings {
     /// (etcd's `MsgProp`) and answers once it applies it, rather than forwarding a request and its
     /// answer. Default on; off sends every command to the leader as a request.
     pub forward_proposals: bool,
+    /// redb's page cache in the node's memory, bytes (`StoreConfig::redb_cache_bytes`, default
+    /// 64 MiB): most of what storage adds to the node's resident memory.
+    pub storage_cache_bytes: usize,
+    /// The bound of the storage write-ahead table, bytes (`StoreConfig::wal_bytes_max`, default
+    /// 128 MiB, at least 32 MiB): it bounds recovery time and the entries held in memory until
+    /// a checkpoint writes them out.
+    pub storage_wal_bytes_max: u64,
 }
 
 impl Default for Settings {
@@ -105,12 +112,19 @@ impl Default for Settings {
             snapshot_every_entries: 10_000,
             sessions: SessionConfig::default(),
             forward_proposals: true,
+            storage_cache_bytes: STORAGE_CACHE_BYTES_DEFAULT,
+            storage_wal_bytes_max: STORAGE_WAL_BYTES_MAX_DEFAULT,
         }
     }
 }
 
 /// The most worker tasks a node may have.
 pub const WORKERS_MAX: usize = 64;
+
+/// [`Settings::storage_cache_bytes`] by default (the store's own default).
+pub const STORAGE_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+/// [`Settings::storage_wal_bytes_max`] by default (the store's own default).
+pub const STORAGE_WAL_BYTES_MAX_DEFAULT: u64 = 128 << 20;
 
 /// The default number of workers: one per two cores, from 1 to 4. A worker drives thousands of
 /// groups; the node's storage writer thread and its network tasks need the other cores (on 2

@@ -71,6 +71,8 @@ election_timeout = "900ms"
 heartbeat_interval = "70ms"
 log_format = "json"
 workers = 3
+cache_mib = 32
+wal_max_mib = 64
 "#,
     )
     .unwrap();
@@ -93,6 +95,7 @@ workers = 3
             ("FLEET_HEARTBEAT_INTERVAL", "60ms"),
             ("FLEET_ELECTION_TIMEOUT", "700ms"),
             ("FLEET_JOIN", "10.0.0.1:7000,10.0.0.2:7000"),
+            ("FLEET_CACHE_MIB", "40"),
         ],
     );
     let ms = Duration::from_millis;
@@ -117,6 +120,9 @@ workers = 3
     assert_eq!(got.tick, Some(ms(5)));
     assert_eq!(got.log_format, Some(LogFormat::Json));
     assert_eq!(got.workers, Some(3));
+    assert_eq!(got.wal_max_mib, Some(64));
+    // Env over file.
+    assert_eq!(got.cache_mib, Some(40));
     // Defaults.
     assert_eq!(got.request_timeout, Some(Duration::from_secs(10)));
     assert_eq!(got.quiesce_after, Some(ms(200)));
@@ -203,6 +209,33 @@ fn settings_convert_to_whole_ticks_rounding_up_and_default_sanely() {
     );
     let none = args(&["--workers", "0"]).resolve().unwrap_err().to_string();
     assert!(none.contains("--workers is 0"), "{none}");
+
+    // Storage memory: the defaults are the store's own, the flags reach the settings, and
+    // values the store cannot work with are refused by flag name.
+    let store = fleet_node::storage::StoreConfig::new("unused");
+    assert_eq!(
+        defaults.settings.storage_cache_bytes,
+        store.redb_cache_bytes
+    );
+    assert_eq!(defaults.settings.storage_wal_bytes_max, store.wal_bytes_max);
+    let sized = args(&["--cache-mib", "16", "--wal-max-mib", "256"])
+        .resolve()
+        .unwrap()
+        .settings;
+    assert_eq!(
+        (sized.storage_cache_bytes, sized.storage_wal_bytes_max),
+        (16 << 20, 256 << 20)
+    );
+    let small = args(&["--wal-max-mib", "16"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(small.contains("--wal-max-mib is 16"), "{small}");
+    let zero = args(&["--cache-mib", "0"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(zero.contains("--cache-mib is 0"), "{zero}");
 
     let err = args(&[
         "--election-timeout",
