@@ -50,6 +50,8 @@ fn idle_seconds() -> f64 {
         .unwrap_or(10.0)
 }
 const VALUE_BYTES: usize = 100;
+/// The wait between the write rows and the idle measurement, seconds.
+const SETTLE_SECONDS: u64 = 15;
 
 /// Workers per node: `FLEET_BENCH_WORKERS`, else the default (one per two cores, 1 to 4).
 fn workers() -> usize {
@@ -452,6 +454,11 @@ fn main() {
         }
         let create_s = started.elapsed().as_secs_f64();
         let create_rate = groups as f64 / create_s;
+        // Memory of the idle fleet: every group created, none written yet (the issue's figure
+        // for idle groups); the same after the write rows is printed further down.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss_n3_idle = resident_mib(&n3.pid());
+        let rss_shared_idle = resident_mib("self") / 2.0;
 
         // Each client count runs `rounds()` times, the counts interleaved (the shared machine's
         // speed drifts); the table shows the run with the median writes/s.
@@ -475,7 +482,9 @@ fn main() {
 
         // Idle: every group quiesces and the storage writers finish moving the write phase's
         // log into segments (background checkpoints); then measure the CPU of both processes.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // 15 s: three rounds of writes leave more log to move than one did, and at 10,000
+        // groups a 5 s wait measured that work (3.8 % per node on a slow VM hour).
+        tokio::time::sleep(Duration::from_secs(SETTLE_SECONDS)).await;
         let child = n3.pid();
         let cpu0 = cpu_seconds("self") + cpu_seconds(&child);
         let idle = idle_seconds();
@@ -542,8 +551,11 @@ fn main() {
         println!("(CPU µs/w, ctx sw/w: CPU time and context switches of both processes, all three nodes and the clients, per write; UDP /w: datagrams sent on the machine per write)");
         println!("(x etcd: writes/s over a 3-member etcd 3.4 cluster's on this machine, as the issue gives them: 1,360 at 1 client, 7,400 at 64, 11,700 at 256; targets 3x at 64 and 256)");
         println!("{:<52}{:>14.1}", "idle CPU per node, % of one core", idle_cpu_per_node);
-        println!("{:<52}{:>14.0}", "resident memory of n3 (a process of its own), MiB", rss_n3);
-        println!("{:<52}{:>14.0}", "resident memory of n1 + n2 + clients, MiB, / 2", rss_shared);
+        println!("{:<52}{:>14.0}", "resident memory of n3 (a process of its own), MiB", rss_n3_idle);
+        println!("{:<52}{:>14.0}", "resident memory of n1 + n2 + clients, MiB, / 2", rss_shared_idle);
+        println!("{:<52}{:>14.0}", "  the same after the write rows: n3, MiB", rss_n3);
+        println!("{:<52}{:>14.0}", "  the same after the write rows: n1 + n2 + clients / 2", rss_shared);
+        println!("(resident memory: groups created and idle, before any write; after the write rows it includes each written group's log since its last snapshot, up to 10,000 entries)");
         println!(
             "{:<52}{:>14}",
             "failover: groups led by n3, killed with SIGKILL",
@@ -559,7 +571,7 @@ fn main() {
             .map(|(c, (ops, p50, p99, costs), all)| { let runs = all.iter().map(|w| format!("{w:.0}")).collect::<Vec<_>>().join(","); format!("{{\"clients\":{c},\"ops_per_s\":{ops:.0},\"ops_per_s_runs\":[{runs}],\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"n1_n2_fsyncs_per_write\":{:.3},\"n1_n2_commit_ms\":{:.3},\"n1_n2_frames_per_write\":{:.3},\"cpu_us_per_write\":{:.0},\"context_switches_per_write\":{:.2},\"udp_datagrams_per_write\":{:.2}}}", costs.commits, costs.commit_ms, costs.frames, costs.cpu_us, costs.switches, costs.datagrams) })
             .collect();
         println!(
-            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"forward_proposals\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3:.0},\"rss_mib_n1_n2\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
+            "{{\"bench\":\"fleet\",\"cores\":{cores},\"groups\":{groups},\"create_groups_per_s\":{create_rate:.0},\"writes\":[{}],\"workers\":{},\"local_only\":{},\"forward_proposals\":{},\"idle_cpu_pct_per_node\":{idle_cpu_per_node:.2},\"rss_mib_n3\":{rss_n3_idle:.0},\"rss_mib_n1_n2\":{rss_shared_idle:.0},\"rss_mib_n3_after_writes\":{rss_n3:.0},\"rss_mib_n1_n2_after_writes\":{rss_shared:.0},\"failover_groups\":{},\"failover_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
             writes_json.join(","),
             workers(),
             local_only(),
