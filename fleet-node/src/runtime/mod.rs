@@ -112,19 +112,14 @@ impl Default for Settings {
             snapshot_every_entries: 10_000,
             sessions: SessionConfig::default(),
             forward_proposals: true,
-            storage_cache_bytes: STORAGE_CACHE_BYTES_DEFAULT,
-            storage_wal_bytes_max: STORAGE_WAL_BYTES_MAX_DEFAULT,
+            storage_cache_bytes: crate::storage::REDB_CACHE_BYTES_DEFAULT,
+            storage_wal_bytes_max: crate::storage::WAL_BYTES_MAX_DEFAULT,
         }
     }
 }
 
 /// The most worker tasks a node may have.
 pub const WORKERS_MAX: usize = 64;
-
-/// [`Settings::storage_cache_bytes`] by default (the store's own default).
-pub const STORAGE_CACHE_BYTES_DEFAULT: usize = 64 << 20;
-/// [`Settings::storage_wal_bytes_max`] by default (the store's own default).
-pub const STORAGE_WAL_BYTES_MAX_DEFAULT: u64 = 128 << 20;
 
 /// The default number of workers: one per two cores, from 1 to 4. A worker drives thousands of
 /// groups; the node's storage writer thread and its network tasks need the other cores (on 2

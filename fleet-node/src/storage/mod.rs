@@ -89,6 +89,11 @@ use state::GroupState;
 /// The database file's name inside the data directory.
 pub const DATABASE_FILE_NAME: &str = "fleet.redb";
 
+/// [`StoreConfig::redb_cache_bytes`] by default.
+pub const REDB_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+/// [`StoreConfig::wal_bytes_max`] by default.
+pub const WAL_BYTES_MAX_DEFAULT: u64 = 128 << 20;
+
 pub(crate) const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
 pub(crate) const SEGMENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("segments");
 /// The key index under which a group's checkpointed record lives in `segments`, next to its
@@ -163,7 +168,7 @@ impl StoreConfig {
             queue_depth_max: 64,
             commit_entries_max: 16 * 1024,
             commit_bytes_max: 16 << 20,
-            wal_bytes_max: 128 << 20,
+            wal_bytes_max: WAL_BYTES_MAX_DEFAULT,
             checkpoint_groups_per_step_max: 1024,
             checkpoint_bytes_per_step_max: 2 << 20,
             segment_bytes_max: 256 << 10,
@@ -171,7 +176,7 @@ impl StoreConfig {
             remove_rows_per_step_max: 1024,
             snapshot_bytes_max: 1 << 30,
             snapshot_chunk_bytes_max: 1 << 20,
-            redb_cache_bytes: 64 << 20,
+            redb_cache_bytes: REDB_CACHE_BYTES_DEFAULT,
             check_integrity_on_open: true,
             verify_log_on_open: true,
             verify_snapshots_on_open: true,
