@@ -21,6 +21,8 @@
 //! | `fleet_storage_batch_entries` | histogram | log entries made durable by one storage commit (group commit size) |
 //! | `fleet_storage_fsync_seconds` | histogram | duration of one storage commit, fsync included |
 //! | `fleet_storage_journal_restarts_total` | counter | durable database commits after which the commit journal started over |
+//! | `fleet_storage_wal_bytes` | gauge | write-ahead bytes not yet checkpointed into the segments: what the next open replays (at most `wal_bytes_max`) |
+//! | `fleet_storage_batches_deferred_total` | counter | journaled batches whose redb writes waited for a later transaction while more requests queued |
 //! | `fleet_storage_journal_full_total` | counter | batches that found the commit journal full and synced the database instead (a durable redb commit) |
 //! | `fleet_admin_requests_total{path}` | counter | requests the admin endpoint answered |
 //!
@@ -61,6 +63,12 @@ pub const STORAGE_JOURNAL_RESTARTS_TOTAL: &str = "fleet_storage_journal_restarts
 /// (about 8 scattered pages, several times a journal record's cost). Many per second mean
 /// `journal_bytes_max` is small for the write rate.
 pub const STORAGE_JOURNAL_FULL_TOTAL: &str = "fleet_storage_journal_full_total";
+/// Gauge, bytes: write-ahead records not yet checkpointed into the segments, which the next open
+/// replays (at most the store's `wal_bytes_max`).
+pub const STORAGE_WAL_BYTES: &str = "fleet_storage_wal_bytes";
+/// Counter: journaled batches whose redb writes waited for a later transaction while more
+/// requests queued (they share it; `docs/storage.md`).
+pub const STORAGE_BATCHES_DEFERRED_TOTAL: &str = "fleet_storage_batches_deferred_total";
 /// Counter, labelled `path`: requests the admin endpoint answered.
 pub const ADMIN_REQUESTS_TOTAL: &str = "fleet_admin_requests_total";
 
@@ -139,6 +147,16 @@ pub fn describe_metrics() {
         STORAGE_JOURNAL_FULL_TOTAL,
         "Batches that found the commit journal full and synced the database instead; many per second mean the journal is small for the write rate."
     );
+    describe_gauge!(
+        STORAGE_WAL_BYTES,
+        Unit::Bytes,
+        "Write-ahead bytes not yet checkpointed into the segments: what the next open replays."
+    );
+    describe_counter!(
+        STORAGE_BATCHES_DEFERRED_TOTAL,
+        Unit::Count,
+        "Journaled batches whose redb writes waited for a later transaction while more requests queued."
+    );
     describe_counter!(
         ADMIN_REQUESTS_TOTAL,
         Unit::Count,
@@ -165,6 +183,8 @@ mod tests {
             STORAGE_FSYNC_SECONDS,
             STORAGE_JOURNAL_RESTARTS_TOTAL,
             STORAGE_JOURNAL_FULL_TOTAL,
+            STORAGE_WAL_BYTES,
+            STORAGE_BATCHES_DEFERRED_TOTAL,
             ADMIN_REQUESTS_TOTAL,
         ];
         for name in names {

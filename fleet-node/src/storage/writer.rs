@@ -180,6 +180,7 @@ impl Writer {
         self.shared
             .wal_bytes
             .store(self.wal_bytes, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::STORAGE_WAL_BYTES).set(self.wal_bytes as f64);
     }
 
     /// The writer loop: runs until `Shutdown` or until every `Store` handle is gone.
@@ -250,6 +251,8 @@ impl Writer {
                     self.shared
                         .batches_deferred
                         .fetch_add(new as u64, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::STORAGE_BATCHES_DEFERRED_TOTAL)
+                        .increment(new as u64);
                 }
             }
             self.background(false);

@@ -427,6 +427,14 @@ async fn admin_endpoint_reports_health_readiness_status_and_metrics() {
     let (code, body) = get(addr, "/metrics").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("# TYPE fleet_build_info gauge"), "{body}");
+    // Activation wrote the meta group's first entries: storage published its write-ahead size.
+    assert!(
+        body.lines().any(|l| l
+            .strip_prefix("fleet_storage_wal_bytes ")
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)),
+        "{body}"
+    );
     assert!(
         body.contains("fleet_admin_requests_total{path=\"/healthz\"}"),
         "{body}"
