@@ -59,8 +59,8 @@ use crate::transport::{IdentityKind, Tls};
 
 /// The largest `--cache-mib` and `--wal-max-mib`: 1 TiB.
 const MIB_MAX: u64 = 1 << 20;
-/// The smallest `--wal-max-mib`: the store's bound must hold two full commits (16 MiB each).
-const WAL_MAX_MIB_MIN: u64 = 32;
+/// The smallest `--wal-max-mib`: the store's bound must hold two full commits.
+const WAL_MAX_MIB_MIN: u64 = (2 * crate::storage::COMMIT_BYTES_MAX_DEFAULT as u64) >> 20;
 
 /// The admin endpoint's address when none is given: loopback only.
 pub const ADMIN_ADDR_DEFAULT: SocketAddr =

@@ -91,7 +91,9 @@ pub const DATABASE_FILE_NAME: &str = "fleet.redb";
 
 /// [`StoreConfig::redb_cache_bytes`] by default.
 pub const REDB_CACHE_BYTES_DEFAULT: usize = 64 << 20;
-/// [`StoreConfig::wal_bytes_max`] by default.
+/// [`StoreConfig::commit_bytes_max`] by default.
+pub const COMMIT_BYTES_MAX_DEFAULT: usize = 16 << 20;
+/// [`StoreConfig::wal_bytes_max`] by default (it must hold two full commits).
 pub const WAL_BYTES_MAX_DEFAULT: u64 = 128 << 20;
 
 pub(crate) const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
@@ -167,7 +169,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             queue_depth_max: 64,
             commit_entries_max: 16 * 1024,
-            commit_bytes_max: 16 << 20,
+            commit_bytes_max: COMMIT_BYTES_MAX_DEFAULT,
             wal_bytes_max: WAL_BYTES_MAX_DEFAULT,
             checkpoint_groups_per_step_max: 1024,
             checkpoint_bytes_per_step_max: 2 << 20,

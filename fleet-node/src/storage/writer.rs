@@ -69,6 +69,18 @@ pub(crate) struct JournalBody {
     pub registrations: Vec<Registration>,
 }
 
+impl JournalBody {
+    /// The bytes it holds (what it costs while it waits for redb).
+    fn bytes(&self) -> usize {
+        self.wal.len()
+            + self
+                .registrations
+                .iter()
+                .map(|r| r.replica.len() + r.record.len())
+                .sum::<usize>()
+    }
+}
+
 /// One new replica's rows: its registry entry and its group record, encoded.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Registration {
@@ -492,7 +504,7 @@ impl Writer {
         // The batch is durable in the journal: redb takes it with the next transaction, which
         // writes the waiting batches first (so a later durable redb commit includes it).
         if let Some(body) = deferred {
-            self.deferred_bytes += body.wal.len();
+            self.deferred_bytes += body.bytes();
             self.deferred.push((seq, body));
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
